@@ -1,0 +1,32 @@
+//! Events the core reports to the application.
+
+use crate::ids::{Dot, Key, NodeId};
+use crate::keystate::ConflictReport;
+use crate::wire::{FrameError, Refusal};
+
+/// Why a session with a peer ended or was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The transport reported the connection gone.
+    Disconnected,
+    /// We refused the peer.
+    Refused(Refusal),
+    /// The peer refused us.
+    RefusedByPeer(Refusal),
+    /// A frame could not be decoded; only this session is dropped.
+    BadFrame(FrameError),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A version received from a peer was applied (it is new here).
+    RemoteApplied { from: NodeId, key: Key, dot: Dot },
+    /// Concurrent versions of one object met here.
+    Conflict(ConflictReport),
+    /// A session with the peer is established.
+    PeerUp { peer: NodeId },
+    /// A session with the peer ended.
+    PeerDown { peer: NodeId, why: SessionEnd },
+    /// The event queue was full; this many older events were dropped.
+    EventsDropped { count: u64 },
+}

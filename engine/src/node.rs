@@ -1,0 +1,1304 @@
+//! The node: recsync's sans-IO replication state machine.
+//!
+//! # Driver contract
+//!
+//! A driver (the threaded runtime, the simulator, a test) owns a `Node` and:
+//! 1. feeds it inputs, each with the current time `now_ms` (milliseconds
+//!    since the Unix epoch, as the driver's clock reads it; the node clamps it
+//!    to be non-decreasing): application calls (`put`, `delete`,
+//!    `write_batch`, `sync_now`, ...), transport events (`handle_connected`,
+//!    `handle_connect_failed`, `handle_disconnected`, `handle_bytes`),
+//!    storage progress (`handle_durable`) and timer expiry (`handle_timeout`);
+//! 2. after each input, drains `poll_output` (connect, transmit, close) and
+//!    `poll_event` (for the application) until they return `None`;
+//! 3. calls `handle_timeout` once `poll_timeout` is reached.
+//!
+//! The node never reads a clock, sleeps, spawns, touches the network or the
+//! file system, or draws unseeded randomness. Acknowledgements to peers are
+//! held back until the storage reports the entry durable (`durable_lsn`), so
+//! "never acknowledge before durable" holds whatever the driver does.
+
+use crate::config::{ConfigError, NodeConfig, PeerConfig};
+use crate::event::{Event, SessionEnd};
+use crate::hlc::{Hlc, HlcClock};
+use crate::ids::{ClusterId, Dot, Key, Lsn, NodeId, ReplicaId};
+use crate::keystate::{ApplyOutcome, KeyState};
+use crate::peer::{backoff_ms, BacklogItem, Inflight, Link, Outbound, Peer, PeerStatus};
+use crate::policy::{ConflictPolicy, Resolution};
+use crate::record::{BlobRef, Body, Labels, Version};
+use crate::schedule::Schedule;
+use crate::storage::{EntryBody, NodeMeta, Storage, StorageError};
+use crate::wire::{self, Ack, Batch, Cursor, FrameError, Hello, Message, Position, Refusal};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
+
+/// The policy for versions of a class this node does not know (a peer with a
+/// newer configuration): last-writer-wins, so every node still agrees.
+const DEFAULT_POLICY: ConflictPolicy = ConflictPolicy::LastWriterWins;
+/// Keys a snapshot batch looks at, at most, so one batch is bounded work.
+const SNAPSHOT_KEYS_PER_BATCH_MAX: usize = 4096;
+
+/// Something the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Open a connection to the peer, then call `handle_connected` or
+    /// `handle_connect_failed`.
+    Connect { peer: NodeId },
+    /// Send these bytes on the peer's connection, in order.
+    Transmit { peer: NodeId, frame: Vec<u8> },
+    /// Close the peer's connection (the node already considers it down).
+    Close { peer: NodeId },
+}
+
+/// One object write in a put or a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutRequest {
+    pub key: Key,
+    pub labels: Labels,
+    pub meta: Vec<u8>,
+    pub blob: Option<BlobRef>,
+}
+
+/// One operation of an atomic batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    Put(PutRequest),
+    Delete(Key),
+}
+
+/// What a committed local write got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteReceipt {
+    /// The log entry; durable once `storage().durable_lsn() >= lsn`.
+    pub lsn: Lsn,
+    /// One dot per operation, in order.
+    pub dots: Vec<Dot>,
+}
+
+/// Why a local write was refused. Nothing was written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    #[error("class: {class:?} is not configured")]
+    UnknownClass { class: String },
+    #[error("meta: {len} bytes, over the limit of {max}")]
+    MetaTooLarge { len: usize, max: usize },
+    #[error("ops: a batch needs at least one operation")]
+    EmptyBatch,
+    #[error("ops: {len} operations, over the limit of {max}")]
+    BatchTooLarge { len: usize, max: usize },
+    #[error("ops: key {key} appears twice in one batch")]
+    DuplicateKey { key: Key },
+    #[error("key: {key} does not exist (or is deleted)")]
+    NotFound { key: Key },
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("the node's storage failed earlier; it no longer accepts writes")]
+    Failed,
+}
+
+/// Why a node could not open.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("config: {0}")]
+    Config(#[from] ConfigError),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("the storage belongs to node {found}, the config says {expected}")]
+    WrongNode { expected: NodeId, found: NodeId },
+    #[error("the storage belongs to cluster {found}, the config says {expected}")]
+    WrongCluster {
+        expected: ClusterId,
+        found: ClusterId,
+    },
+}
+
+/// Why input on a session was refused; the session is closed, nothing else
+/// changes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    #[error("peer {0} is not configured")]
+    UnknownPeer(NodeId),
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    #[error("storage: {0}")]
+    Storage(StorageError),
+}
+
+/// A read of one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectView {
+    /// The standing versions (several only while concurrent).
+    pub siblings: Vec<Version>,
+    /// The visible version, `None` while manual siblings are unresolved.
+    pub winner: Option<Dot>,
+}
+
+impl ObjectView {
+    /// The visible version (it may be a tombstone).
+    pub fn value(&self) -> Option<&Version> {
+        self.winner
+            .and_then(|w| self.siblings.iter().find(|v| v.dot == w))
+    }
+
+    /// Whether the visible version is a delete.
+    pub fn is_deleted(&self) -> bool {
+        self.value().is_some_and(|v| v.body.is_tombstone())
+    }
+
+    /// The visible live metadata, if any.
+    pub fn meta(&self) -> Option<&[u8]> {
+        match self.value().map(|v| &v.body) {
+            Some(Body::Live { meta, .. }) => Some(meta),
+            _ => None,
+        }
+    }
+}
+
+/// An acknowledgement waiting for its entry to become durable.
+#[derive(Clone, Copy, Debug)]
+struct GatedAck {
+    lsn: Lsn,
+    peer: NodeId,
+    cursor: Cursor,
+}
+
+/// A recsync node. See the module documentation for the driver contract.
+pub struct Node<S: Storage> {
+    cfg: NodeConfig,
+    storage: S,
+    meta: NodeMeta,
+    /// The last dot counter handed out.
+    counter: u64,
+    hlc: HlcClock,
+    keys: BTreeMap<Key, KeyState>,
+    peers: BTreeMap<NodeId, Peer>,
+    events: VecDeque<Event>,
+    events_dropped: u64,
+    outputs: VecDeque<Output>,
+    gated: VecDeque<GatedAck>,
+    rng: ChaCha8Rng,
+    now_ms: u64,
+    next_trim_ms: u64,
+    failed: Option<StorageError>,
+}
+
+impl<S: Storage> Node<S> {
+    /// Opens a node on its storage: loads or creates its identity, rebuilds
+    /// the state from the log. `seed` drives the node's only randomness
+    /// (reconnect jitter, a new replica id): the driver passes OS entropy,
+    /// the simulator a seeded value.
+    pub fn open(cfg: NodeConfig, mut storage: S, now_ms: u64, seed: u64) -> Result<Self, OpenError> {
+        cfg.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let meta = match storage.load_meta()? {
+            Some(m) if m.node != cfg.node => {
+                return Err(OpenError::WrongNode {
+                    expected: cfg.node,
+                    found: m.node,
+                })
+            }
+            Some(m) if m.cluster != cfg.cluster => {
+                return Err(OpenError::WrongCluster {
+                    expected: cfg.cluster,
+                    found: m.cluster,
+                })
+            }
+            Some(m) => m,
+            None => {
+                let meta = NodeMeta {
+                    node: cfg.node,
+                    cluster: cfg.cluster,
+                    replica: ReplicaId(uuid::Builder::from_random_bytes(rng.gen()).into_uuid()),
+                    counters_reserved: 0,
+                };
+                storage.store_meta(&meta)?;
+                meta
+            }
+        };
+        let peers = cfg
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.node,
+                    Peer::new(p.clone(), cfg.limits.frame_payload_len_max, now_ms),
+                )
+            })
+            .collect();
+        let next_trim_ms = now_ms + cfg.timing.trim_interval_ms;
+        let mut node = Self {
+            counter: meta.counters_reserved,
+            cfg,
+            storage,
+            meta,
+            hlc: HlcClock::default(),
+            keys: BTreeMap::new(),
+            peers,
+            events: VecDeque::new(),
+            events_dropped: 0,
+            outputs: VecDeque::new(),
+            gated: VecDeque::new(),
+            rng,
+            now_ms,
+            next_trim_ms,
+            failed: None,
+        };
+        node.replay()?;
+        Ok(node)
+    }
+
+    /// Rebuilds keys, cursors and backlogs from the retained log.
+    fn replay(&mut self) -> Result<(), StorageError> {
+        let mut from = self.storage.first_retained_lsn();
+        loop {
+            let chunk = self.storage.scan(from, 4096)?;
+            let Some(last) = chunk.last() else { break };
+            from = last.lsn + 1;
+            for entry in chunk {
+                let versions = entry.body.versions();
+                for v in versions {
+                    self.hlc.observe(v.hlc);
+                    if v.dot.replica == self.meta.replica {
+                        self.counter = self.counter.max(v.dot.counter);
+                    }
+                    let cfg = &self.cfg;
+                    self.keys
+                        .entry(v.key)
+                        .or_default()
+                        .apply(v.clone(), entry.lsn, |v| policy_of(cfg, v));
+                }
+                let from_peer = match &entry.body {
+                    EntryBody::Remote { from, cursor, .. } => {
+                        if let Some(p) = self.peers.get_mut(from) {
+                            p.recv_applied = Some(*cursor);
+                            p.recv_durable = Some(*cursor);
+                            p.recv_cursor_lsn = entry.lsn;
+                        }
+                        Some(*from)
+                    }
+                    EntryBody::Local { .. } => None,
+                };
+                let at = versions.iter().map(|v| v.hlc.wall_ms).max().unwrap_or(0);
+                self.push_backlogs(entry.lsn, versions, from_peer, at);
+            }
+        }
+        Ok(())
+    }
+
+    // ----- queries -------------------------------------------------------
+
+    pub fn node_id(&self) -> NodeId {
+        self.cfg.node
+    }
+
+    pub fn replica_id(&self) -> ReplicaId {
+        self.meta.replica
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// For the driver's durability work (sync); call `handle_durable` after.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// Gives the storage back (to reopen it, e.g. after a simulated crash).
+    pub fn into_storage(self) -> S {
+        self.storage
+    }
+
+    /// Reads one object.
+    pub fn get(&self, key: &Key) -> Option<ObjectView> {
+        let state = self.keys.get(key)?;
+        let (winner, _) = state.settle(|v| policy_of(&self.cfg, v));
+        let winner = winner.or_else(|| {
+            (state.siblings.len() == 1).then(|| state.siblings[0].version.dot)
+        });
+        Some(ObjectView {
+            siblings: state.siblings.iter().map(|s| s.version.clone()).collect(),
+            winner,
+        })
+    }
+
+    /// The keys whose siblings wait for the application (manual policy).
+    pub fn unresolved_conflicts(&self) -> Vec<Key> {
+        self.keys
+            .iter()
+            .filter(|(_, s)| {
+                s.siblings.len() > 1
+                    && s.settle(|v| policy_of(&self.cfg, v)).1 == Resolution::Manual
+            })
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Every key the node holds state for (deleted ones included), in order.
+    pub fn keys(&self) -> impl Iterator<Item = (&Key, &KeyState)> {
+        self.keys.iter()
+    }
+
+    /// A digest of the replicated state (keys, what each has seen, standing
+    /// versions). Two nodes that received the same writes have equal digests.
+    pub fn state_digest(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        for (key, state) in &self.keys {
+            h.update(key.as_bytes());
+            h.update(&postcard::to_allocvec(&state.seen).unwrap_or_default());
+            h.update(&(state.siblings.len() as u64).to_le_bytes());
+            for s in &state.siblings {
+                h.update(&postcard::to_allocvec(&s.version).unwrap_or_default());
+            }
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// The peers that durably hold `dot` of `key`, as far as this node knows
+    /// from acknowledgements (this node included, if it holds it).
+    pub fn copies(&self, key: &Key, dot: &Dot) -> Vec<NodeId> {
+        let Some(state) = self.keys.get(key) else {
+            return Vec::new();
+        };
+        if !state.has_seen(dot) {
+            return Vec::new();
+        }
+        let mut out = BTreeSet::new();
+        let sibling = state.siblings.iter().find(|s| s.version.dot == *dot);
+        if let Some(s) = sibling {
+            if s.lsn <= self.storage.durable_lsn() {
+                out.insert(self.cfg.node);
+            }
+            if let Ok(Some(entry)) = self.storage.read(s.lsn) {
+                if let EntryBody::Remote { from, .. } = entry.body {
+                    out.insert(from);
+                }
+            }
+            for (id, p) in &self.peers {
+                let acked = matches!(p.acked, Some(Cursor { replica, pos: Position::Log { lsn } })
+                    if replica == self.meta.replica && lsn >= s.lsn);
+                if acked && p.cfg.filter.passes(&s.version.labels) {
+                    out.insert(*id);
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    pub fn peer_status(&self, peer: &NodeId) -> Option<PeerStatus> {
+        self.peers.get(peer).map(|p| p.status(self.now_ms))
+    }
+
+    /// The storage error that stopped the node, if any.
+    pub fn failure(&self) -> Option<&StorageError> {
+        self.failed.as_ref()
+    }
+
+    // ----- application calls --------------------------------------------
+
+    /// Writes one object.
+    pub fn put(&mut self, now_ms: u64, req: PutRequest) -> Result<WriteReceipt, WriteError> {
+        self.write_batch(now_ms, vec![WriteOp::Put(req)])
+    }
+
+    /// Deletes one object (writes a tombstone).
+    pub fn delete(&mut self, now_ms: u64, key: Key) -> Result<WriteReceipt, WriteError> {
+        self.write_batch(now_ms, vec![WriteOp::Delete(key)])
+    }
+
+    /// Writes several objects as one atomic log entry.
+    pub fn write_batch(&mut self, now_ms: u64, ops: Vec<WriteOp>) -> Result<WriteReceipt, WriteError> {
+        self.advance(now_ms);
+        if self.failed.is_some() {
+            return Err(WriteError::Failed);
+        }
+        self.validate_ops(&ops)?;
+        self.reserve_counters(ops.len() as u64)?;
+        let versions: Vec<Version> = ops.into_iter().map(|op| self.new_version(op)).collect();
+        let body = EntryBody::Local { versions };
+        let lsn = self.append(&body)?;
+        let EntryBody::Local { versions } = body else {
+            unreachable!()
+        };
+        let dots = versions.iter().map(|v| v.dot).collect();
+        self.push_backlogs(lsn, &versions, None, self.now_ms);
+        for v in versions {
+            let outcome = self.apply_version(v, lsn);
+            assert_eq!(outcome, ApplyOutcome::Applied, "a local write supersedes what it saw");
+        }
+        self.pump_all();
+        Ok(WriteReceipt { lsn, dots })
+    }
+
+    fn validate_ops(&self, ops: &[WriteOp]) -> Result<(), WriteError> {
+        let limits = &self.cfg.limits;
+        if ops.is_empty() {
+            return Err(WriteError::EmptyBatch);
+        }
+        if ops.len() > limits.batch_ops_max {
+            return Err(WriteError::BatchTooLarge {
+                len: ops.len(),
+                max: limits.batch_ops_max,
+            });
+        }
+        let mut keys = BTreeSet::new();
+        for op in ops {
+            let key = match op {
+                WriteOp::Put(p) => {
+                    if !self.cfg.classes.contains_key(&p.labels.class) {
+                        return Err(WriteError::UnknownClass {
+                            class: p.labels.class.to_string(),
+                        });
+                    }
+                    if p.meta.len() > limits.meta_len_max {
+                        return Err(WriteError::MetaTooLarge {
+                            len: p.meta.len(),
+                            max: limits.meta_len_max,
+                        });
+                    }
+                    p.key
+                }
+                WriteOp::Delete(key) => {
+                    let live = self.get(key).is_some_and(|o| {
+                        o.siblings.iter().any(|v| !v.body.is_tombstone())
+                    });
+                    if !live {
+                        return Err(WriteError::NotFound { key: *key });
+                    }
+                    *key
+                }
+            };
+            if !keys.insert(key) {
+                return Err(WriteError::DuplicateKey { key });
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure `n` more dot counters are durably reserved.
+    fn reserve_counters(&mut self, n: u64) -> Result<(), StorageError> {
+        if self.counter + n <= self.meta.counters_reserved {
+            return Ok(());
+        }
+        let mut meta = self.meta.clone();
+        meta.counters_reserved = self.counter + n + self.cfg.timing.counter_block;
+        self.storage.store_meta(&meta)?;
+        self.meta = meta;
+        Ok(())
+    }
+
+    fn new_version(&mut self, op: WriteOp) -> Version {
+        self.counter += 1;
+        assert!(self.counter <= self.meta.counters_reserved, "dot counter not reserved");
+        let (key, labels, body) = match op {
+            WriteOp::Put(p) => (
+                p.key,
+                p.labels,
+                Body::Live {
+                    meta: p.meta,
+                    blob: p.blob,
+                },
+            ),
+            WriteOp::Delete(key) => {
+                let labels = self
+                    .keys
+                    .get(&key)
+                    .and_then(|s| s.siblings.iter().map(|s| &s.version).max_by(|a, b| crate::policy::lww_cmp(a, b)))
+                    .map(|v| v.labels.clone());
+                let Some(labels) = labels else {
+                    unreachable!("validated: the key exists")
+                };
+                (key, labels, Body::Tombstone)
+            }
+        };
+        let context = self.keys.get(&key).map(|s| s.seen.clone()).unwrap_or_default();
+        Version {
+            key,
+            dot: Dot {
+                replica: self.meta.replica,
+                counter: self.counter,
+            },
+            origin: self.cfg.node,
+            hlc: self.hlc.tick(self.now_ms),
+            context,
+            labels,
+            body,
+        }
+    }
+
+    /// Ships what is pending: to one peer, or to all when `peer` is `None`.
+    /// Under a manual schedule this is the only thing that ships.
+    pub fn sync_now(&mut self, now_ms: u64, peer: Option<NodeId>) {
+        self.advance(now_ms);
+        let upto = self.storage.last_lsn();
+        for (id, p) in self.peers.iter_mut() {
+            if peer.is_none_or(|x| x == *id) {
+                p.sync_upto = upto.max(1);
+            }
+        }
+        self.pump_all();
+    }
+
+    /// Stops shipping to a peer (its backlog keeps growing durably).
+    pub fn pause_peer(&mut self, peer: NodeId) -> bool {
+        self.peers.get_mut(&peer).map(|p| p.paused = true).is_some()
+    }
+
+    pub fn resume_peer(&mut self, now_ms: u64, peer: NodeId) -> bool {
+        self.advance(now_ms);
+        let found = self.peers.get_mut(&peer).map(|p| p.paused = false).is_some();
+        self.pump_all();
+        found
+    }
+
+    // ----- driver inputs --------------------------------------------------
+
+    fn advance(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// The driver connected to the peer (outgoing or incoming).
+    pub fn handle_connected(&mut self, now_ms: u64, peer: NodeId) {
+        self.advance(now_ms);
+        let replica = self.meta.replica;
+        let hello_base = (self.cfg.cluster, self.cfg.node);
+        let Some(p) = self.peers.get_mut(&peer) else {
+            self.outputs.push_back(Output::Close { peer });
+            return;
+        };
+        p.decoder = wire::FrameDecoder::new(self.cfg.limits.frame_payload_len_max);
+        p.out = None;
+        p.link = Link::Handshaking;
+        p.stats.sessions += 1;
+        let hello = Hello {
+            cluster: hello_base.0,
+            node: hello_base.1,
+            replica,
+            receive: p.cfg.receive.then_some(p.recv_applied),
+        };
+        self.outputs.push_back(Output::Transmit {
+            peer,
+            frame: wire::encode_frame(&Message::Hello(hello)),
+        });
+    }
+
+    /// The driver could not connect to the peer.
+    pub fn handle_connect_failed(&mut self, now_ms: u64, peer: NodeId) {
+        self.advance(now_ms);
+        self.link_down(peer, None);
+    }
+
+    /// The peer's connection is gone.
+    pub fn handle_disconnected(&mut self, now_ms: u64, peer: NodeId) {
+        self.advance(now_ms);
+        self.link_down(peer, Some(SessionEnd::Disconnected));
+    }
+
+    fn link_down(&mut self, peer: NodeId, why: Option<SessionEnd>) {
+        let (initial, max) = (
+            self.cfg.timing.reconnect_initial_ms,
+            self.cfg.timing.reconnect_max_ms,
+        );
+        let jitter: f64 = self.rng.gen();
+        let now = self.now_ms;
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let was_up = p.is_up();
+        if matches!(p.link, Link::Down { .. }) && why.is_some() {
+            return;
+        }
+        p.link = Link::Down {
+            retry_at_ms: now + backoff_ms(p.reconnect_attempt, initial, max, jitter),
+        };
+        p.reconnect_attempt = p.reconnect_attempt.saturating_add(1);
+        p.out = None;
+        self.gated.retain(|g| g.peer != peer);
+        if let (true, Some(why)) = (was_up, why) {
+            self.push_event(Event::PeerDown { peer, why });
+        }
+    }
+
+    /// Closes the session with `peer` after a protocol problem.
+    fn refuse(&mut self, peer: NodeId, why: SessionEnd, tell: Option<Refusal>) {
+        if let Some(r) = tell {
+            self.outputs.push_back(Output::Transmit {
+                peer,
+                frame: wire::encode_frame(&Message::Refuse(r)),
+            });
+        }
+        self.outputs.push_back(Output::Close { peer });
+        let was_up = self.peers.get(&peer).is_some_and(|p| p.is_up());
+        self.link_down(peer, None);
+        let _ = was_up;
+        self.push_event(Event::PeerDown { peer, why });
+    }
+
+    /// Bytes arrived on the peer's connection. A bad frame or a protocol
+    /// violation closes that session only and changes no state.
+    pub fn handle_bytes(&mut self, now_ms: u64, peer: NodeId, bytes: &[u8]) -> Result<(), SessionError> {
+        self.advance(now_ms);
+        let Some(p) = self.peers.get_mut(&peer) else {
+            self.outputs.push_back(Output::Close { peer });
+            return Err(SessionError::UnknownPeer(peer));
+        };
+        if !matches!(p.link, Link::Handshaking | Link::Up { .. }) {
+            return Ok(());
+        }
+        p.decoder.push(bytes);
+        loop {
+            let Some(p) = self.peers.get_mut(&peer) else {
+                return Ok(());
+            };
+            if !matches!(p.link, Link::Handshaking | Link::Up { .. }) {
+                return Ok(());
+            }
+            match p.decoder.next_message() {
+                Ok(None) => return Ok(()),
+                Ok(Some(msg)) => self.handle_message(peer, msg)?,
+                Err(e) => {
+                    self.refuse(peer, SessionEnd::BadFrame(e.clone()), Some(Refusal::BadFrame));
+                    return Err(SessionError::Frame(e));
+                }
+            }
+        }
+    }
+
+    fn handle_message(&mut self, peer: NodeId, msg: Message) -> Result<(), SessionError> {
+        let result = match msg {
+            Message::Hello(h) => self.on_hello(peer, h),
+            Message::Refuse(r) => {
+                self.outputs.push_back(Output::Close { peer });
+                self.link_down(peer, None);
+                self.push_event(Event::PeerDown {
+                    peer,
+                    why: SessionEnd::RefusedByPeer(r),
+                });
+                Ok(())
+            }
+            Message::Batch(b) => self.on_batch(peer, b),
+            Message::Ack(a) => {
+                self.on_ack(peer, a);
+                Ok(())
+            }
+        };
+        if let Err(e) = &result {
+            let tell = match e {
+                SessionError::Refused(r) => Some(*r),
+                _ => None,
+            };
+            let why = match tell {
+                Some(r) => SessionEnd::Refused(r),
+                None => SessionEnd::Disconnected,
+            };
+            self.refuse(peer, why, tell);
+        }
+        result
+    }
+
+    fn on_hello(&mut self, peer: NodeId, h: Hello) -> Result<(), SessionError> {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return Err(SessionError::UnknownPeer(peer));
+        };
+        if p.link != Link::Handshaking {
+            return Err(SessionError::Refused(Refusal::Misbehaved));
+        }
+        if h.cluster != self.cfg.cluster {
+            return Err(SessionError::Refused(Refusal::WrongCluster));
+        }
+        if h.node != peer {
+            return Err(SessionError::Refused(Refusal::UnexpectedNode));
+        }
+        p.link = Link::Up {
+            remote_replica: h.replica,
+        };
+        p.reconnect_attempt = 0;
+        if let (true, Some(resume)) = (p.cfg.send, h.receive) {
+            self.start_outbound(peer, resume)?;
+        }
+        self.push_event(Event::PeerUp { peer });
+        self.pump_all();
+        Ok(())
+    }
+
+    /// Decides where the stream to `peer` starts: where it says it stands in
+    /// our log when that is valid, a snapshot of our state otherwise (a new,
+    /// wiped or rolled-back peer, or one behind what we trimmed).
+    fn start_outbound(&mut self, peer: NodeId, resume: Option<Cursor>) -> Result<(), SessionError> {
+        let mine = self.meta.replica;
+        let last = self.storage.last_lsn();
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return Err(SessionError::UnknownPeer(peer));
+        };
+        let acked_lsn = match p.acked {
+            Some(Cursor { replica, pos: Position::Log { lsn } }) if replica == mine => lsn,
+            _ => 0,
+        };
+        let valid = resume.filter(|c| {
+            c.replica == mine
+                && match c.pos {
+                    Position::Log { lsn } => lsn <= last && lsn >= acked_lsn,
+                    Position::Snapshot { at_lsn, .. } => at_lsn <= last,
+                }
+        });
+        let start = valid.unwrap_or(Cursor {
+            replica: mine,
+            pos: Position::Snapshot {
+                at_lsn: last,
+                after: None,
+            },
+        });
+        let needed_after = match start.pos {
+            Position::Log { lsn } => lsn,
+            Position::Snapshot { at_lsn, .. } => at_lsn,
+        };
+        let rebuild_from = p.backlog.front().map(|b| b.lsn).unwrap_or(last + 1);
+        let rebuild = needed_after + 1 < rebuild_from && needed_after < acked_lsn;
+        p.acked = Some(start);
+        p.out = Some(Outbound {
+            sent: start,
+            inflight: VecDeque::new(),
+        });
+        if rebuild {
+            self.rebuild_backlog(peer, needed_after).map_err(SessionError::Storage)?;
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.pop_acked(&start);
+        }
+        Ok(())
+    }
+
+    /// Re-reads the log after `after_lsn` into `peer`'s backlog.
+    fn rebuild_backlog(&mut self, peer: NodeId, after_lsn: Lsn) -> Result<(), StorageError> {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.backlog.clear();
+        }
+        let mut from = after_lsn + 1;
+        loop {
+            let chunk = self.storage.scan(from, 4096)?;
+            let Some(last) = chunk.last() else { break };
+            from = last.lsn + 1;
+            for e in chunk {
+                let src = match &e.body {
+                    EntryBody::Remote { from, .. } => Some(*from),
+                    EntryBody::Local { .. } => None,
+                };
+                let at = e.body.versions().iter().map(|v| v.hlc.wall_ms).max().unwrap_or(0);
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    push_backlog(p, e.lsn, e.body.versions(), src, at);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_batch(&mut self, peer: NodeId, b: Batch) -> Result<(), SessionError> {
+        let Some(p) = self.peers.get(&peer) else {
+            return Err(SessionError::UnknownPeer(peer));
+        };
+        let Link::Up { remote_replica } = p.link else {
+            return Err(SessionError::Refused(Refusal::Misbehaved));
+        };
+        if !p.cfg.receive || b.prev.replica != remote_replica || b.next.replica != remote_replica {
+            return Err(SessionError::Refused(Refusal::Misbehaved));
+        }
+        if b.versions.iter().any(|v| v.dot.counter == 0) {
+            return Err(SessionError::Refused(Refusal::Misbehaved));
+        }
+        let fresh_start = matches!(b.prev.pos, Position::Snapshot { after: None, .. })
+            && p.recv_applied.is_none_or(|c| c.replica != remote_replica);
+        if Some(b.prev) != p.recv_applied && !fresh_start {
+            // Out of sequence (lost, duplicated or reordered): ignore, and
+            // repeat where we stand so the sender can go back.
+            self.gate_ack(p.recv_cursor_lsn, peer, p.recv_applied);
+            self.release_gated();
+            return Ok(());
+        }
+        // Keep what is new here (and only once per batch).
+        let mut taken = BTreeSet::new();
+        let versions: Vec<Version> = b
+            .versions
+            .into_iter()
+            .filter(|v| {
+                !self.keys.get(&v.key).is_some_and(|s| s.has_seen(&v.dot)) && taken.insert(v.dot)
+            })
+            .collect();
+        let body = EntryBody::Remote {
+            from: peer,
+            versions,
+            cursor: b.next,
+        };
+        let lsn = self.append(&body).map_err(SessionError::Storage)?;
+        let EntryBody::Remote { versions, .. } = body else {
+            unreachable!()
+        };
+        let at = self.now_ms;
+        self.push_backlogs(lsn, &versions, Some(peer), at);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.recv_applied = Some(b.next);
+            p.recv_cursor_lsn = lsn;
+            p.stats.batches_received += 1;
+            p.stats.versions_received += versions.len() as u64;
+        }
+        for v in versions {
+            let (key, dot) = (v.key, v.dot);
+            self.hlc.observe(v.hlc);
+            match self.apply_version(v, lsn) {
+                ApplyOutcome::Ignored => {
+                    unreachable!("filtered to versions not seen")
+                }
+                ApplyOutcome::Applied => {
+                    self.push_event(Event::RemoteApplied { from: peer, key, dot })
+                }
+                ApplyOutcome::Conflict(report) => {
+                    self.push_event(Event::RemoteApplied { from: peer, key, dot });
+                    self.push_event(Event::Conflict(report));
+                }
+            }
+        }
+        self.gate_ack(lsn, peer, Some(b.next));
+        self.release_gated();
+        self.pump_all();
+        Ok(())
+    }
+
+    fn gate_ack(&mut self, lsn: Lsn, peer: NodeId, cursor: Option<Cursor>) {
+        if let Some(cursor) = cursor {
+            self.gated.push_back(GatedAck { lsn, peer, cursor });
+        }
+    }
+
+    fn on_ack(&mut self, peer: NodeId, a: Ack) {
+        let mine = self.meta.replica;
+        let now = self.now_ms;
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some(out) = p.out.as_mut() else { return };
+        if a.cursor.replica != mine {
+            return;
+        }
+        if let Some(i) = out.inflight.iter().position(|f| f.next == a.cursor) {
+            out.inflight.drain(..=i);
+            p.acked = Some(a.cursor);
+            p.last_success_ms = Some(now);
+            p.pop_acked(&a.cursor);
+        } else if Some(a.cursor) == p.acked && !out.inflight.is_empty() {
+            // The receiver repeats its position: what we sent after it was
+            // lost or came out of order. Go back and send it again.
+            out.sent = a.cursor;
+            out.inflight.clear();
+            p.stats.resends += 1;
+        }
+        self.pump_all();
+    }
+
+    /// The storage made more entries durable (call after a sync).
+    pub fn handle_durable(&mut self, now_ms: u64) {
+        self.advance(now_ms);
+        self.release_gated();
+    }
+
+    fn release_gated(&mut self) {
+        let durable = self.storage.durable_lsn();
+        while self.gated.front().is_some_and(|g| g.lsn <= durable) {
+            let Some(g) = self.gated.pop_front() else { break };
+            let Some(p) = self.peers.get_mut(&g.peer) else {
+                continue;
+            };
+            if !p.is_up() {
+                continue;
+            }
+            p.recv_durable = Some(g.cursor);
+            self.outputs.push_back(Output::Transmit {
+                peer: g.peer,
+                frame: wire::encode_frame(&Message::Ack(Ack { cursor: g.cursor })),
+            });
+        }
+    }
+
+    /// Timers: reconnects, retransmissions, linger and windows, trimming.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.advance(now_ms);
+        let now = self.now_ms;
+        let ack_timeout = self.cfg.timing.ack_timeout_ms;
+        for (id, p) in self.peers.iter_mut() {
+            if let Link::Down { retry_at_ms } = p.link {
+                if retry_at_ms <= now {
+                    p.link = Link::Connecting;
+                    self.outputs.push_back(Output::Connect { peer: *id });
+                }
+            }
+            if let (Some(out), Some(acked)) = (p.out.as_mut(), p.acked) {
+                if out.inflight.front().is_some_and(|f| f.sent_at_ms + ack_timeout <= now) {
+                    out.sent = acked;
+                    out.inflight.clear();
+                    p.stats.resends += 1;
+                }
+            }
+        }
+        if now >= self.next_trim_ms {
+            self.next_trim_ms = now + self.cfg.timing.trim_interval_ms;
+            if let Err(e) = self.trim_log() {
+                self.fail(e);
+            }
+        }
+        self.release_gated();
+        self.pump_all();
+    }
+
+    /// When `handle_timeout` should next be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let ack_timeout = self.cfg.timing.ack_timeout_ms;
+        let mut t = self.next_trim_ms;
+        for p in self.peers.values() {
+            if let Link::Down { retry_at_ms } = p.link {
+                t = t.min(retry_at_ms);
+            }
+            if let Some(f) = p.out.as_ref().and_then(|o| o.inflight.front()) {
+                t = t.min(f.sent_at_ms + ack_timeout);
+            }
+            if let Some(w) = self.send_wake(p) {
+                t = t.min(w);
+            }
+        }
+        Some(t.max(self.now_ms))
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if self.events_dropped > 0 {
+            let count = std::mem::take(&mut self.events_dropped);
+            return Some(Event::EventsDropped { count });
+        }
+        self.events.pop_front()
+    }
+
+    // ----- internals ----------------------------------------------------
+
+    fn push_event(&mut self, e: Event) {
+        if self.events.len() >= self.cfg.limits.events_max {
+            self.events.pop_front();
+            self.events_dropped += 1;
+        }
+        self.events.push_back(e);
+    }
+
+    fn fail(&mut self, e: StorageError) {
+        if self.failed.is_none() {
+            self.failed = Some(e);
+        }
+    }
+
+    fn append(&mut self, body: &EntryBody) -> Result<Lsn, StorageError> {
+        match self.storage.append(body) {
+            Ok(lsn) => Ok(lsn),
+            Err(e) => {
+                self.fail(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_version(&mut self, v: Version, lsn: Lsn) -> ApplyOutcome {
+        let cfg = &self.cfg;
+        self.keys
+            .entry(v.key)
+            .or_default()
+            .apply(v, lsn, |v| policy_of(cfg, v))
+    }
+
+    /// Adds an entry to the backlog of every peer it has something for.
+    fn push_backlogs(&mut self, lsn: Lsn, versions: &[Version], from: Option<NodeId>, at_ms: u64) {
+        for p in self.peers.values_mut() {
+            push_backlog(p, lsn, versions, from, at_ms);
+        }
+    }
+
+    /// When the peer's stream wants to wake up (linger, window, bandwidth).
+    fn send_wake(&self, p: &Peer) -> Option<u64> {
+        let out = p.out.as_ref()?;
+        if !p.is_up() || p.paused || out.inflight.len() >= self.cfg.limits.inflight_batches_max {
+            return None;
+        }
+        let first = next_unsent(p, &out.sent)?;
+        let when = match &p.cfg.schedule {
+            Schedule::Continuous { linger_ms } => match first {
+                Some(item) => item.written_at_ms + linger_ms,
+                None => self.now_ms,
+            },
+            Schedule::Manual => return None,
+            Schedule::Windows { .. } if p.cfg.schedule.window_open(self.now_ms) => self.now_ms,
+            Schedule::Windows { .. } => p.cfg.schedule.next_open_ms(self.now_ms)?,
+        };
+        match &p.bucket {
+            Some(b) => Some(when.max(b.ready_at_ms())),
+            None => Some(when),
+        }
+    }
+
+    fn pump_all(&mut self) {
+        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+        for id in ids {
+            if let Err(e) = self.pump(id) {
+                self.fail(e);
+            }
+        }
+    }
+
+    /// Sends to `peer` whatever its schedule, bandwidth and window allow.
+    fn pump(&mut self, peer: NodeId) -> Result<(), StorageError> {
+        loop {
+            let now = self.now_ms;
+            let Some(p) = self.peers.get_mut(&peer) else {
+                return Ok(());
+            };
+            let Link::Up { remote_replica } = p.link else {
+                return Ok(());
+            };
+            let Some(out) = p.out.as_ref() else {
+                return Ok(());
+            };
+            if p.paused || out.inflight.len() >= self.cfg.limits.inflight_batches_max {
+                return Ok(());
+            }
+            let Some(first) = next_unsent(p, &out.sent) else {
+                return Ok(());
+            };
+            let upto = match &p.cfg.schedule {
+                Schedule::Continuous { linger_ms } => {
+                    let full = p.backlog.len() >= self.cfg.limits.send_batch_versions_max;
+                    if first.is_some_and(|i| i.written_at_ms + linger_ms > now) && !full {
+                        return Ok(());
+                    }
+                    Lsn::MAX
+                }
+                Schedule::Manual => p.sync_upto,
+                Schedule::Windows { .. } if p.cfg.schedule.window_open(now) => Lsn::MAX,
+                Schedule::Windows { .. } => return Ok(()),
+            };
+            let due = match (first, out.sent.pos) {
+                (Some(item), _) => item.lsn <= upto,
+                (None, Position::Snapshot { at_lsn, .. }) => at_lsn < upto,
+                (None, Position::Log { .. }) => false,
+            };
+            if !due {
+                return Ok(());
+            }
+            if let Some(b) = p.bucket.as_mut() {
+                if !b.ready(now) {
+                    return Ok(());
+                }
+            }
+            let sent = out.sent;
+            let batch = self.build_batch(peer, sent, remote_replica, upto)?;
+            let frame = wire::encode_frame(&Message::Batch(batch.clone()));
+            let Some(p) = self.peers.get_mut(&peer) else {
+                return Ok(());
+            };
+            if let Some(b) = p.bucket.as_mut() {
+                b.spend(frame.len(), now);
+            }
+            p.stats.batches_sent += 1;
+            p.stats.versions_sent += batch.versions.len() as u64;
+            p.stats.bytes_sent += frame.len() as u64;
+            if let Some(out) = p.out.as_mut() {
+                out.sent = batch.next;
+                out.inflight.push_back(Inflight {
+                    next: batch.next,
+                    sent_at_ms: now,
+                });
+            }
+            self.outputs.push_back(Output::Transmit { peer, frame });
+        }
+    }
+
+    /// The next batch to `peer` after `sent`, from the snapshot or the log.
+    fn build_batch(
+        &self,
+        peer: NodeId,
+        sent: Cursor,
+        remote: ReplicaId,
+        upto: Lsn,
+    ) -> Result<Batch, StorageError> {
+        let Some(p) = self.peers.get(&peer) else {
+            unreachable!("pump checked the peer")
+        };
+        let limits = &self.cfg.limits;
+        let wanted = |v: &Version| v.dot.replica != remote && p.cfg.filter.passes(&v.labels);
+        let mut versions = Vec::new();
+        let mut bytes = 0usize;
+        let full = |n: usize, b: usize| n >= limits.send_batch_versions_max || b >= limits.send_batch_bytes_max;
+        let next_pos = match sent.pos {
+            Position::Snapshot { at_lsn, after } => {
+                let lower = match after {
+                    Some(k) => Bound::Excluded(k),
+                    None => Bound::Unbounded,
+                };
+                let mut last_key = None;
+                let mut visited = 0;
+                let mut done = true;
+                for (key, state) in self.keys.range((lower, Bound::Unbounded)) {
+                    if full(versions.len(), bytes) || visited >= SNAPSHOT_KEYS_PER_BATCH_MAX {
+                        done = false;
+                        break;
+                    }
+                    visited += 1;
+                    last_key = Some(*key);
+                    for s in state.siblings.iter().filter(|s| wanted(&s.version)) {
+                        bytes += s.version.size_bytes();
+                        versions.push(s.version.clone());
+                    }
+                }
+                if done {
+                    Position::Log { lsn: at_lsn }
+                } else {
+                    Position::Snapshot {
+                        at_lsn,
+                        after: last_key,
+                    }
+                }
+            }
+            Position::Log { lsn: sent_lsn } => {
+                let mut next = sent_lsn;
+                let start = p.backlog.partition_point(|b| b.lsn <= sent_lsn);
+                for item in p.backlog.range(start..) {
+                    if item.lsn > upto || (!versions.is_empty() && full(versions.len(), bytes)) {
+                        break;
+                    }
+                    // The entry may have been released only if nobody needs it.
+                    if let Some(entry) = self.storage.read(item.lsn)? {
+                        for v in entry.body.versions().iter().filter(|v| wanted(v)) {
+                            bytes += v.size_bytes();
+                            versions.push(v.clone());
+                        }
+                    }
+                    next = item.lsn;
+                }
+                Position::Log { lsn: next }
+            }
+        };
+        Ok(Batch {
+            prev: sent,
+            next: Cursor {
+                replica: sent.replica,
+                pos: next_pos,
+            },
+            versions,
+        })
+    }
+
+    /// Releases log entries no peer needs and no key stands on (SPEC §4):
+    /// every peer that should get the entry acknowledged it, and none of its
+    /// versions is still in its key's frontier. Returns how many were released.
+    pub fn trim_log(&mut self) -> Result<usize, StorageError> {
+        let limit = self
+            .peers
+            .values()
+            .filter(|p| p.cfg.send)
+            .map(|p| p.backlog.front().map(|b| b.lsn).unwrap_or(Lsn::MAX))
+            .min()
+            .unwrap_or(Lsn::MAX);
+        let keep_cursor: BTreeSet<Lsn> = self.peers.values().map(|p| p.recv_cursor_lsn).collect();
+        let mut released = 0;
+        let mut from = self.storage.first_retained_lsn();
+        loop {
+            let chunk = self.storage.scan(from, 4096)?;
+            let Some(last) = chunk.last() else { break };
+            from = last.lsn + 1;
+            for e in chunk {
+                if e.lsn >= limit || e.lsn > self.storage.durable_lsn() {
+                    return Ok(released);
+                }
+                let standing = e.body.versions().iter().any(|v| {
+                    self.keys.get(&v.key).is_some_and(|s| {
+                        s.siblings.iter().any(|s| s.version.dot == v.dot)
+                    })
+                });
+                if !standing && !keep_cursor.contains(&e.lsn) {
+                    self.storage.release(e.lsn)?;
+                    released += 1;
+                }
+            }
+        }
+        Ok(released)
+    }
+
+    /// For tests and the simulator: the raw per-peer stream state.
+    pub fn peer_acked(&self, peer: &NodeId) -> Option<Cursor> {
+        self.peers.get(peer).and_then(|p| p.acked)
+    }
+
+    /// For tests: the current HLC.
+    pub fn hlc_last(&self) -> Hlc {
+        self.hlc.last()
+    }
+}
+
+fn policy_of<'a>(cfg: &'a NodeConfig, v: &Version) -> &'a ConflictPolicy {
+    cfg.classes.get(&v.labels.class).unwrap_or(&DEFAULT_POLICY)
+}
+
+/// The first backlog item after `sent`: `Some(None)` while a snapshot is
+/// still to be sent with nothing logged after it, `None` when caught up.
+fn next_unsent<'a>(p: &'a Peer, sent: &Cursor) -> Option<Option<&'a BacklogItem>> {
+    match sent.pos {
+        Position::Log { lsn } => {
+            let i = p.backlog.partition_point(|b| b.lsn <= lsn);
+            p.backlog.get(i).map(Some)
+        }
+        Position::Snapshot { .. } => Some(p.backlog.front()),
+    }
+}
+
+/// Adds the entry to the peer's backlog if it has something for it: a
+/// version passing the peer's filter, not received from that very peer.
+fn push_backlog(p: &mut Peer, lsn: Lsn, versions: &[Version], from: Option<NodeId>, at_ms: u64) {
+    if !p.cfg.send || from == Some(p.cfg.node) {
+        return;
+    }
+    let remote = match p.link {
+        Link::Up { remote_replica } => Some(remote_replica),
+        _ => None,
+    };
+    let mut n = 0u32;
+    let mut bytes = 0u64;
+    for v in versions {
+        if p.cfg.filter.passes(&v.labels) && Some(v.dot.replica) != remote {
+            n += 1;
+            bytes += v.size_bytes() as u64;
+        }
+    }
+    if n > 0 {
+        debug_assert!(p.backlog.back().is_none_or(|b| b.lsn < lsn));
+        p.backlog.push_back(BacklogItem {
+            lsn,
+            versions: n,
+            bytes,
+            written_at_ms: at_ms,
+        });
+    }
+}
+
+/// Helper for configs in tests and the harness.
+impl PeerConfig {
+    /// Sets the schedule.
+    pub fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
+    }
+}

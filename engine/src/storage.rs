@@ -1,0 +1,203 @@
+//! The storage interface the core writes its log and identity through, and
+//! an in-memory implementation (for tests, the harness and benchmarks).
+//!
+//! The log is a sequence of entries numbered by LSN from 1. The core decides
+//! which entries are dead (trimming rules, SPEC §4) and releases them; the
+//! storage may then reclaim their space (the segment log compacts). Durability
+//! is reported, not assumed: `durable_lsn` says how far a crash cannot reach,
+//! and the core never acknowledges past it.
+
+use crate::ids::{ClusterId, Lsn, NodeId, ReplicaId};
+use crate::record::Version;
+use crate::wire::Cursor;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What a node persists about itself outside the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMeta {
+    pub node: NodeId,
+    pub cluster: ClusterId,
+    /// This storage incarnation; the origin of every local dot.
+    pub replica: ReplicaId,
+    /// Dot counters up to this value may have been handed out; a restart
+    /// continues above it, so no dot is reused even if the log tail is lost.
+    pub counters_reserved: u64,
+}
+
+/// One log entry's content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryBody {
+    /// A local put, delete or atomic batch.
+    Local { versions: Vec<Version> },
+    /// What one batch from a peer added, and the peer's cursor after it
+    /// (persisted with the data, so the two can never disagree).
+    Remote {
+        from: NodeId,
+        versions: Vec<Version>,
+        cursor: Cursor,
+    },
+}
+
+impl EntryBody {
+    pub fn versions(&self) -> &[Version] {
+        match self {
+            EntryBody::Local { versions } | EntryBody::Remote { versions, .. } => versions,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub lsn: Lsn,
+    pub body: EntryBody,
+}
+
+/// A storage failure. After an I/O error on sync the log must be considered
+/// failed (PostgreSQL's fsyncgate lesson): the core stops acknowledging.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    #[error("I/O error during {op}: {detail}")]
+    Io { op: &'static str, detail: String },
+    #[error("no space left for {op}")]
+    Full { op: &'static str },
+    #[error("corrupt storage at {location}: {detail}")]
+    Corrupt { location: String, detail: String },
+    #[error("storage belongs to node {found}, not {expected}")]
+    WrongNode { expected: NodeId, found: NodeId },
+}
+
+/// The storage a node runs on.
+pub trait Storage {
+    /// The persisted identity, or `None` for fresh storage.
+    fn load_meta(&mut self) -> Result<Option<NodeMeta>, StorageError>;
+    /// Persists the identity; durable when it returns.
+    fn store_meta(&mut self, meta: &NodeMeta) -> Result<(), StorageError>;
+    /// Appends an entry and returns its LSN (`last_lsn() + 1`).
+    fn append(&mut self, body: &EntryBody) -> Result<Lsn, StorageError>;
+    /// Entries up to this LSN survive a crash.
+    fn durable_lsn(&self) -> Lsn;
+    /// The highest LSN ever appended (0 if none).
+    fn last_lsn(&self) -> Lsn;
+    /// Reads one entry; `None` if it was released.
+    fn read(&self, lsn: Lsn) -> Result<Option<LogEntry>, StorageError>;
+    /// The retained entries with `lsn >= from`, in order, at most `limit`.
+    fn scan(&self, from: Lsn, limit: usize) -> Result<Vec<LogEntry>, StorageError>;
+    /// The core no longer needs this entry.
+    fn release(&mut self, lsn: Lsn) -> Result<(), StorageError>;
+    /// The lowest retained LSN (`last_lsn() + 1` when none is retained).
+    fn first_retained_lsn(&self) -> Lsn;
+}
+
+/// When the in-memory storage makes appends durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemSync {
+    /// Every append is durable at once.
+    Immediate,
+    /// Appends become durable at `sync()`; `crash()` loses the rest.
+    Explicit,
+}
+
+/// Storage in memory, for tests, the harness and benchmarks.
+#[derive(Clone, Debug)]
+pub struct MemStorage {
+    meta: Option<NodeMeta>,
+    entries: BTreeMap<Lsn, EntryBody>,
+    last_lsn: Lsn,
+    durable_lsn: Lsn,
+    sync: MemSync,
+    /// Appends and reads count here, for tests and benchmarks.
+    pub appends: u64,
+}
+
+impl MemStorage {
+    pub fn new(sync: MemSync) -> Self {
+        Self {
+            meta: None,
+            entries: BTreeMap::new(),
+            last_lsn: 0,
+            durable_lsn: 0,
+            sync,
+            appends: 0,
+        }
+    }
+
+    /// Makes every append so far durable; returns the durable LSN.
+    pub fn sync(&mut self) -> Lsn {
+        self.durable_lsn = self.last_lsn;
+        self.durable_lsn
+    }
+
+    /// Simulates a crash: everything after the durable LSN is lost.
+    pub fn crash(&mut self) {
+        self.entries.retain(|lsn, _| *lsn <= self.durable_lsn);
+        self.last_lsn = self.durable_lsn;
+    }
+
+    /// Number of retained entries.
+    pub fn retained(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+impl Storage for MemStorage {
+    fn load_meta(&mut self) -> Result<Option<NodeMeta>, StorageError> {
+        Ok(self.meta.clone())
+    }
+
+    fn store_meta(&mut self, meta: &NodeMeta) -> Result<(), StorageError> {
+        self.meta = Some(meta.clone());
+        Ok(())
+    }
+
+    fn append(&mut self, body: &EntryBody) -> Result<Lsn, StorageError> {
+        self.last_lsn += 1;
+        self.appends += 1;
+        self.entries.insert(self.last_lsn, body.clone());
+        if self.sync == MemSync::Immediate {
+            self.durable_lsn = self.last_lsn;
+        }
+        Ok(self.last_lsn)
+    }
+
+    fn durable_lsn(&self) -> Lsn {
+        self.durable_lsn
+    }
+
+    fn last_lsn(&self) -> Lsn {
+        self.last_lsn
+    }
+
+    fn read(&self, lsn: Lsn) -> Result<Option<LogEntry>, StorageError> {
+        Ok(self.entries.get(&lsn).map(|body| LogEntry {
+            lsn,
+            body: body.clone(),
+        }))
+    }
+
+    fn scan(&self, from: Lsn, limit: usize) -> Result<Vec<LogEntry>, StorageError> {
+        Ok(self
+            .entries
+            .range(from..)
+            .take(limit)
+            .map(|(lsn, body)| LogEntry {
+                lsn: *lsn,
+                body: body.clone(),
+            })
+            .collect())
+    }
+
+    fn release(&mut self, lsn: Lsn) -> Result<(), StorageError> {
+        self.entries.remove(&lsn);
+        Ok(())
+    }
+
+    fn first_retained_lsn(&self) -> Lsn {
+        self.entries
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.last_lsn + 1)
+    }
+}
