@@ -138,9 +138,15 @@ pub enum ConfigError {
     #[error("classes: at least one class is needed")]
     NoClasses,
     #[error("limits.{field}: {why}")]
-    BadLimit { field: &'static str, why: &'static str },
+    BadLimit {
+        field: &'static str,
+        why: &'static str,
+    },
     #[error("timing.{field}: {why}")]
-    BadTiming { field: &'static str, why: &'static str },
+    BadTiming {
+        field: &'static str,
+        why: &'static str,
+    },
 }
 
 impl NodeConfig {
@@ -238,9 +244,19 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::PeerIsSelf(me)));
         c.peers[0].node = NodeId::from_u128(2);
         c.peers[0].bandwidth_bytes_per_s = Some(0);
-        assert!(c.validate().unwrap_err().to_string().contains("bandwidth_bytes_per_s"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("bandwidth_bytes_per_s"));
         c.peers[0].bandwidth_bytes_per_s = None;
         c.limits.batch_ops_max = 1 << 20;
-        assert!(matches!(c.validate(), Err(ConfigError::BadLimit { field: "batch_ops_max", .. })));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::BadLimit {
+                field: "batch_ops_max",
+                ..
+            })
+        ));
     }
 }

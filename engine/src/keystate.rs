@@ -182,7 +182,13 @@ mod tests {
     use crate::record::{Body, Labels};
     use proptest::prelude::*;
 
-    fn version(replica: u128, counter: u64, wall: u64, context: VersionVector, tomb: bool) -> Version {
+    fn version(
+        replica: u128,
+        counter: u64,
+        wall: u64,
+        context: VersionVector,
+        tomb: bool,
+    ) -> Version {
         Version {
             key: Key::from_u128(7),
             dot: Dot {
@@ -302,7 +308,13 @@ mod tests {
                         };
                     } else {
                         counters[r as usize] += 1;
-                        let v = version(r, counters[r as usize], wall, know[r as usize].clone(), tomb);
+                        let v = version(
+                            r,
+                            counters[r as usize],
+                            wall,
+                            know[r as usize].clone(),
+                            tomb,
+                        );
                         know[r as usize].add(&v.dot);
                         out.push(v);
                     }

@@ -194,7 +194,12 @@ impl<S: Storage> Node<S> {
     /// the state from the log. `seed` drives the node's only randomness
     /// (reconnect jitter, a new replica id): the driver passes OS entropy,
     /// the simulator a seeded value.
-    pub fn open(cfg: NodeConfig, mut storage: S, now_ms: u64, seed: u64) -> Result<Self, OpenError> {
+    pub fn open(
+        cfg: NodeConfig,
+        mut storage: S,
+        now_ms: u64,
+        seed: u64,
+    ) -> Result<Self, OpenError> {
         cfg.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let meta = match storage.load_meta()? {
@@ -324,9 +329,8 @@ impl<S: Storage> Node<S> {
     pub fn get(&self, key: &Key) -> Option<ObjectView> {
         let state = self.keys.get(key)?;
         let (winner, _) = state.settle(|v| policy_of(&self.cfg, v));
-        let winner = winner.or_else(|| {
-            (state.siblings.len() == 1).then(|| state.siblings[0].version.dot)
-        });
+        let winner =
+            winner.or_else(|| (state.siblings.len() == 1).then(|| state.siblings[0].version.dot));
         Some(ObjectView {
             siblings: state.siblings.iter().map(|s| s.version.clone()).collect(),
             winner,
@@ -418,7 +422,11 @@ impl<S: Storage> Node<S> {
     }
 
     /// Writes several objects as one atomic log entry.
-    pub fn write_batch(&mut self, now_ms: u64, ops: Vec<WriteOp>) -> Result<WriteReceipt, WriteError> {
+    pub fn write_batch(
+        &mut self,
+        now_ms: u64,
+        ops: Vec<WriteOp>,
+    ) -> Result<WriteReceipt, WriteError> {
         self.advance(now_ms);
         if self.failed.is_some() {
             return Err(WriteError::Failed);
@@ -435,7 +443,11 @@ impl<S: Storage> Node<S> {
         self.push_backlogs(lsn, &versions, None, self.now_ms);
         for v in versions {
             let outcome = self.apply_version(v, lsn);
-            assert_eq!(outcome, ApplyOutcome::Applied, "a local write supersedes what it saw");
+            assert_eq!(
+                outcome,
+                ApplyOutcome::Applied,
+                "a local write supersedes what it saw"
+            );
         }
         self.pump_all();
         Ok(WriteReceipt { lsn, dots })
@@ -470,9 +482,9 @@ impl<S: Storage> Node<S> {
                     p.key
                 }
                 WriteOp::Delete(key) => {
-                    let live = self.get(key).is_some_and(|o| {
-                        o.siblings.iter().any(|v| !v.body.is_tombstone())
-                    });
+                    let live = self
+                        .get(key)
+                        .is_some_and(|o| o.siblings.iter().any(|v| !v.body.is_tombstone()));
                     if !live {
                         return Err(WriteError::NotFound { key: *key });
                     }
@@ -500,7 +512,10 @@ impl<S: Storage> Node<S> {
 
     fn new_version(&mut self, op: WriteOp) -> Version {
         self.counter += 1;
-        assert!(self.counter <= self.meta.counters_reserved, "dot counter not reserved");
+        assert!(
+            self.counter <= self.meta.counters_reserved,
+            "dot counter not reserved"
+        );
         let (key, labels, body) = match op {
             WriteOp::Put(p) => (
                 p.key,
@@ -514,7 +529,12 @@ impl<S: Storage> Node<S> {
                 let labels = self
                     .keys
                     .get(&key)
-                    .and_then(|s| s.siblings.iter().map(|s| &s.version).max_by(|a, b| crate::policy::lww_cmp(a, b)))
+                    .and_then(|s| {
+                        s.siblings
+                            .iter()
+                            .map(|s| &s.version)
+                            .max_by(|a, b| crate::policy::lww_cmp(a, b))
+                    })
                     .map(|v| v.labels.clone());
                 let Some(labels) = labels else {
                     unreachable!("validated: the key exists")
@@ -522,7 +542,11 @@ impl<S: Storage> Node<S> {
                 (key, labels, Body::Tombstone)
             }
         };
-        let context = self.keys.get(&key).map(|s| s.seen.clone()).unwrap_or_default();
+        let context = self
+            .keys
+            .get(&key)
+            .map(|s| s.seen.clone())
+            .unwrap_or_default();
         Version {
             key,
             dot: Dot {
@@ -557,7 +581,11 @@ impl<S: Storage> Node<S> {
 
     pub fn resume_peer(&mut self, now_ms: u64, peer: NodeId) -> bool {
         self.advance(now_ms);
-        let found = self.peers.get_mut(&peer).map(|p| p.paused = false).is_some();
+        let found = self
+            .peers
+            .get_mut(&peer)
+            .map(|p| p.paused = false)
+            .is_some();
         self.pump_all();
         found
     }
@@ -647,7 +675,12 @@ impl<S: Storage> Node<S> {
 
     /// Bytes arrived on the peer's connection. A bad frame or a protocol
     /// violation closes that session only and changes no state.
-    pub fn handle_bytes(&mut self, now_ms: u64, peer: NodeId, bytes: &[u8]) -> Result<(), SessionError> {
+    pub fn handle_bytes(
+        &mut self,
+        now_ms: u64,
+        peer: NodeId,
+        bytes: &[u8],
+    ) -> Result<(), SessionError> {
         self.advance(now_ms);
         let Some(p) = self.peers.get_mut(&peer) else {
             self.outputs.push_back(Output::Close { peer });
@@ -668,7 +701,11 @@ impl<S: Storage> Node<S> {
                 Ok(None) => return Ok(()),
                 Ok(Some(msg)) => self.handle_message(peer, msg)?,
                 Err(e) => {
-                    self.refuse(peer, SessionEnd::BadFrame(e.clone()), Some(Refusal::BadFrame));
+                    self.refuse(
+                        peer,
+                        SessionEnd::BadFrame(e.clone()),
+                        Some(Refusal::BadFrame),
+                    );
                     return Err(SessionError::Frame(e));
                 }
             }
@@ -742,7 +779,10 @@ impl<S: Storage> Node<S> {
             return Err(SessionError::UnknownPeer(peer));
         };
         let acked_lsn = match p.acked {
-            Some(Cursor { replica, pos: Position::Log { lsn } }) if replica == mine => lsn,
+            Some(Cursor {
+                replica,
+                pos: Position::Log { lsn },
+            }) if replica == mine => lsn,
             _ => 0,
         };
         let valid = resume.filter(|c| {
@@ -771,7 +811,8 @@ impl<S: Storage> Node<S> {
             inflight: VecDeque::new(),
         });
         if rebuild {
-            self.rebuild_backlog(peer, needed_after).map_err(SessionError::Storage)?;
+            self.rebuild_backlog(peer, needed_after)
+                .map_err(SessionError::Storage)?;
         }
         if let Some(p) = self.peers.get_mut(&peer) {
             p.pop_acked(&start);
@@ -794,7 +835,13 @@ impl<S: Storage> Node<S> {
                     EntryBody::Remote { from, .. } => Some(*from),
                     EntryBody::Local { .. } => None,
                 };
-                let at = e.body.versions().iter().map(|v| v.hlc.wall_ms).max().unwrap_or(0);
+                let at = e
+                    .body
+                    .versions()
+                    .iter()
+                    .map(|v| v.hlc.wall_ms)
+                    .max()
+                    .unwrap_or(0);
                 if let Some(p) = self.peers.get_mut(&peer) {
                     push_backlog(p, e.lsn, e.body.versions(), src, at);
                 }
@@ -858,11 +905,17 @@ impl<S: Storage> Node<S> {
                 ApplyOutcome::Ignored => {
                     unreachable!("filtered to versions not seen")
                 }
-                ApplyOutcome::Applied => {
-                    self.push_event(Event::RemoteApplied { from: peer, key, dot })
-                }
+                ApplyOutcome::Applied => self.push_event(Event::RemoteApplied {
+                    from: peer,
+                    key,
+                    dot,
+                }),
                 ApplyOutcome::Conflict(report) => {
-                    self.push_event(Event::RemoteApplied { from: peer, key, dot });
+                    self.push_event(Event::RemoteApplied {
+                        from: peer,
+                        key,
+                        dot,
+                    });
                     self.push_event(Event::Conflict(report));
                 }
             }
@@ -913,7 +966,9 @@ impl<S: Storage> Node<S> {
     fn release_gated(&mut self) {
         let durable = self.storage.durable_lsn();
         while self.gated.front().is_some_and(|g| g.lsn <= durable) {
-            let Some(g) = self.gated.pop_front() else { break };
+            let Some(g) = self.gated.pop_front() else {
+                break;
+            };
             let Some(p) = self.peers.get_mut(&g.peer) else {
                 continue;
             };
@@ -941,7 +996,11 @@ impl<S: Storage> Node<S> {
                 }
             }
             if let (Some(out), Some(acked)) = (p.out.as_mut(), p.acked) {
-                if out.inflight.front().is_some_and(|f| f.sent_at_ms + ack_timeout <= now) {
+                if out
+                    .inflight
+                    .front()
+                    .is_some_and(|f| f.sent_at_ms + ack_timeout <= now)
+                {
                     out.sent = acked;
                     out.inflight.clear();
                     p.stats.resends += 1;
@@ -1142,7 +1201,9 @@ impl<S: Storage> Node<S> {
         let wanted = |v: &Version| v.dot.replica != remote && p.cfg.filter.passes(&v.labels);
         let mut versions = Vec::new();
         let mut bytes = 0usize;
-        let full = |n: usize, b: usize| n >= limits.send_batch_versions_max || b >= limits.send_batch_bytes_max;
+        let full = |n: usize, b: usize| {
+            n >= limits.send_batch_versions_max || b >= limits.send_batch_bytes_max
+        };
         let next_pos = match sent.pos {
             Position::Snapshot { at_lsn, after } => {
                 let lower = match after {
@@ -1225,9 +1286,9 @@ impl<S: Storage> Node<S> {
                     return Ok(released);
                 }
                 let standing = e.body.versions().iter().any(|v| {
-                    self.keys.get(&v.key).is_some_and(|s| {
-                        s.siblings.iter().any(|s| s.version.dot == v.dot)
-                    })
+                    self.keys
+                        .get(&v.key)
+                        .is_some_and(|s| s.siblings.iter().any(|s| s.version.dot == v.dot))
                 });
                 if !standing && !keep_cursor.contains(&e.lsn) {
                     self.storage.release(e.lsn)?;

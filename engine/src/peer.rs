@@ -145,10 +145,14 @@ pub struct PeerStatus {
 
 impl Peer {
     pub fn new(cfg: PeerConfig, frame_payload_len_max: u32, now_ms: u64) -> Self {
-        let bucket = cfg.bandwidth_bytes_per_s.map(|r| TokenBucket::new(r, now_ms));
+        let bucket = cfg
+            .bandwidth_bytes_per_s
+            .map(|r| TokenBucket::new(r, now_ms));
         Self {
             cfg,
-            link: Link::Down { retry_at_ms: now_ms },
+            link: Link::Down {
+                retry_at_ms: now_ms,
+            },
             decoder: FrameDecoder::new(frame_payload_len_max),
             reconnect_attempt: 0,
             backlog: VecDeque::new(),
@@ -196,7 +200,9 @@ impl Peer {
 
 /// Exponential backoff with "equal jitter": half fixed, half random.
 pub fn backoff_ms(attempt: u32, initial_ms: u64, max_ms: u64, unit_random: f64) -> u64 {
-    let exp = initial_ms.saturating_mul(1u64 << attempt.min(30)).min(max_ms);
+    let exp = initial_ms
+        .saturating_mul(1u64 << attempt.min(30))
+        .min(max_ms);
     let half = exp / 2;
     half + (half as f64 * unit_random) as u64
 }

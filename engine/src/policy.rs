@@ -24,7 +24,7 @@ pub enum ConflictPolicy {
 }
 
 /// How a reported conflict was settled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Resolution {
     /// The concurrent versions carried the same content: kept one, nothing lost.
     Identical,
@@ -54,9 +54,7 @@ impl ConflictPolicy {
 
     /// The total order this policy ranks versions by.
     pub fn cmp(&self, a: &Version, b: &Version) -> Ordering {
-        self.rank(a)
-            .cmp(&self.rank(b))
-            .then_with(|| lww_cmp(a, b))
+        self.rank(a).cmp(&self.rank(b)).then_with(|| lww_cmp(a, b))
     }
 
     /// The resolution an automatic policy reports; `None` for manual.

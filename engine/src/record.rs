@@ -185,6 +185,9 @@ mod tests {
         let bad = postcard::to_allocvec(&"BAD NAME".to_string()).unwrap();
         assert!(postcard::from_bytes::<Name>(&bad).is_err());
         let good = postcard::to_allocvec(&"user".to_string()).unwrap();
-        assert_eq!(postcard::from_bytes::<Name>(&good).unwrap().as_str(), "user");
+        assert_eq!(
+            postcard::from_bytes::<Name>(&good).unwrap().as_str(),
+            "user"
+        );
     }
 }

@@ -183,7 +183,10 @@ mod tests {
         assert!(s.window_open(day + 5 * HOUR_MS - 1));
         assert!(!s.window_open(day + 5 * HOUR_MS));
         assert_eq!(s.next_open_ms(day), Some(day + HOUR_MS));
-        assert_eq!(s.next_open_ms(day + 6 * HOUR_MS), Some(day + DAY_MS + HOUR_MS));
+        assert_eq!(
+            s.next_open_ms(day + 6 * HOUR_MS),
+            Some(day + DAY_MS + HOUR_MS)
+        );
         assert_eq!(s.next_close_ms(day + 2 * HOUR_MS), Some(day + 5 * HOUR_MS));
     }
 

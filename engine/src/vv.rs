@@ -138,9 +138,21 @@ mod tests {
     fn covers_and_add() {
         let r = ReplicaId::from_u128(1);
         let mut v = VersionVector::new();
-        assert!(!v.covers(&Dot { replica: r, counter: 1 }));
-        v.add(&Dot { replica: r, counter: 3 });
-        assert!(v.covers(&Dot { replica: r, counter: 2 }));
-        assert!(!v.covers(&Dot { replica: r, counter: 4 }));
+        assert!(!v.covers(&Dot {
+            replica: r,
+            counter: 1
+        }));
+        v.add(&Dot {
+            replica: r,
+            counter: 3,
+        });
+        assert!(v.covers(&Dot {
+            replica: r,
+            counter: 2
+        }));
+        assert!(!v.covers(&Dot {
+            replica: r,
+            counter: 4
+        }));
     }
 }

@@ -132,7 +132,13 @@ pub fn encode_frame(msg: &Message) -> Vec<u8> {
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..8]), &payload);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&payload);
-    debug_assert_eq!(decode_frame(&out, FRAME_PAYLOAD_LEN_MAX).ok().map(|(m, _)| m).as_ref(), Some(msg));
+    debug_assert_eq!(
+        decode_frame(&out, FRAME_PAYLOAD_LEN_MAX)
+            .ok()
+            .map(|(m, _)| m)
+            .as_ref(),
+        Some(msg)
+    );
     out
 }
 
@@ -181,11 +187,10 @@ pub fn decode_frame(buf: &[u8], payload_len_max: u32) -> Result<(Message, usize)
     if crc32c::crc32c_append(crc32c::crc32c(&buf[..8]), payload) != want {
         return Err(FrameError::Checksum);
     }
-    let (msg, rest) = postcard::take_from_bytes::<Message>(payload).map_err(|e| {
-        FrameError::Malformed {
+    let (msg, rest) =
+        postcard::take_from_bytes::<Message>(payload).map_err(|e| FrameError::Malformed {
             detail: e.to_string(),
-        }
-    })?;
+        })?;
     if !rest.is_empty() {
         return Err(FrameError::Malformed {
             detail: format!("{} trailing bytes", rest.len()),
@@ -266,18 +271,36 @@ mod tests {
     fn each_defect_has_its_error() {
         let f = encode_frame(&hello());
         let max = FRAME_PAYLOAD_LEN_MAX;
-        assert!(matches!(decode_frame(&f[..5], max), Err(FrameError::Truncated { .. })));
-        assert!(matches!(decode_frame(&f[..f.len() - 1], max), Err(FrameError::Truncated { .. })));
+        assert!(matches!(
+            decode_frame(&f[..5], max),
+            Err(FrameError::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode_frame(&f[..f.len() - 1], max),
+            Err(FrameError::Truncated { .. })
+        ));
         let mut g = f.clone();
         g[0] = b'X';
-        assert!(matches!(decode_frame(&g, max), Err(FrameError::BadMagic { .. })));
+        assert!(matches!(
+            decode_frame(&g, max),
+            Err(FrameError::BadMagic { .. })
+        ));
         let mut g = f.clone();
         g[2] = PROTOCOL_VERSION + 1;
-        assert_eq!(decode_frame(&g, max), Err(FrameError::UnsupportedVersion { got: 2 }));
+        assert_eq!(
+            decode_frame(&g, max),
+            Err(FrameError::UnsupportedVersion { got: 2 })
+        );
         let mut g = f.clone();
         g[3] = 1;
-        assert!(matches!(decode_frame(&g, max), Err(FrameError::BadFlags { .. })));
-        assert!(matches!(decode_frame(&f, 3), Err(FrameError::Oversized { .. })));
+        assert!(matches!(
+            decode_frame(&g, max),
+            Err(FrameError::BadFlags { .. })
+        ));
+        assert!(matches!(
+            decode_frame(&f, 3),
+            Err(FrameError::Oversized { .. })
+        ));
         let mut g = f.clone();
         let last = g.len() - 1;
         g[last] ^= 0x10;
@@ -307,6 +330,9 @@ mod tests {
         h.extend_from_slice(&(1u32 << 30).to_le_bytes());
         h.extend_from_slice(&[0; 4]);
         d.push(&h);
-        assert!(matches!(d.next_message(), Err(FrameError::Oversized { .. })));
+        assert!(matches!(
+            d.next_message(),
+            Err(FrameError::Oversized { .. })
+        ));
     }
 }

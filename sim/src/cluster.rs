@@ -1,0 +1,642 @@
+//! The deterministic cluster harness: real engine nodes on in-memory
+//! storage, wired through [`Network`], driven from one seed in one thread.
+//!
+//! Scenarios read like specifications:
+//! `partition(&[&[0], &[1]])`, `put(...)`, `heal()`, `run_until_settled()`.
+//! A drive that does not settle reports a [`Livelock`] instead of hanging.
+
+use crate::net::{NetConfig, Network};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use recsync_engine::wire::{decode_frame, Message, FRAME_PAYLOAD_LEN_MAX};
+use recsync_engine::{
+    ClusterId, Dot, Event, Key, Labels, MemStorage, MemSync, Node, NodeConfig, NodeId, Output,
+    PeerConfig, PutRequest, Schedule, WriteError, WriteOp, WriteReceipt,
+};
+
+/// Where simulated time starts: 2026-01-01T00:00:00Z.
+pub const EPOCH_MS: u64 = 1_767_225_600_000;
+/// Classes every harness node knows.
+pub const CLASSES: &[&str] = &["user", "group", "setting", "recording", "log"];
+
+/// The node id of harness node `i`.
+pub fn node_id(i: usize) -> NodeId {
+    NodeId::from_u128(0xA000 + i as u128)
+}
+
+pub fn cluster_id() -> ClusterId {
+    ClusterId::from_u128(0xC1)
+}
+
+/// One batch that left a node, as the harness saw it on the wire.
+#[derive(Clone, Debug)]
+pub struct SentBatch {
+    pub at_ms: u64,
+    pub from: usize,
+    pub to: usize,
+    pub frame_bytes: usize,
+    pub versions: Vec<(Key, Dot, Labels)>,
+}
+
+/// The drive did not settle within its bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Livelock {
+    pub waited_ms: u64,
+    pub in_flight: usize,
+    pub pending: Vec<(usize, usize, u64)>,
+}
+
+struct SimNode {
+    cfg: NodeConfig,
+    node: Option<Node<MemStorage>>,
+    /// Storage of a crashed node, until restart.
+    parked: Option<MemStorage>,
+    events: Vec<Event>,
+    restarts: u64,
+}
+
+/// Builds a cluster: nodes, links, schedules, policies.
+pub struct ClusterBuilder {
+    seed: u64,
+    configs: Vec<NodeConfig>,
+    net: NetConfig,
+    sync: MemSync,
+}
+
+impl ClusterBuilder {
+    /// `n` nodes, no links yet.
+    pub fn new(seed: u64, n: usize) -> Self {
+        let configs = (0..n)
+            .map(|i| NodeConfig::new(node_id(i), cluster_id(), CLASSES))
+            .collect();
+        Self {
+            seed,
+            configs,
+            net: NetConfig::default(),
+            sync: MemSync::Immediate,
+        }
+    }
+
+    fn peer_mut(&mut self, at: usize, peer: usize) -> &mut PeerConfig {
+        let id = node_id(peer);
+        let peers = &mut self.configs[at].peers;
+        if !peers.iter().any(|p| p.node == id) {
+            let mut p = PeerConfig::two_way(id);
+            p.send = false;
+            p.receive = false;
+            peers.push(p);
+        }
+        let Some(p) = peers.iter_mut().find(|p| p.node == id) else {
+            unreachable!("inserted above")
+        };
+        p
+    }
+
+    /// `from` ships to `to` (and `to` accepts from `from`).
+    pub fn one_way(mut self, from: usize, to: usize) -> Self {
+        self.peer_mut(from, to).send = true;
+        self.peer_mut(to, from).receive = true;
+        self
+    }
+
+    /// Both directions between `a` and `b`.
+    pub fn two_way(self, a: usize, b: usize) -> Self {
+        self.one_way(a, b).one_way(b, a)
+    }
+
+    /// Every pair, both directions.
+    pub fn mesh(mut self) -> Self {
+        let n = self.configs.len();
+        for a in 0..n {
+            for b in a + 1..n {
+                self = self.two_way(a, b);
+            }
+        }
+        self
+    }
+
+    /// Changes the configuration of what `from` sends to `to`.
+    pub fn peer(mut self, from: usize, to: usize, f: impl FnOnce(&mut PeerConfig)) -> Self {
+        f(self.peer_mut(from, to));
+        self
+    }
+
+    /// Changes a whole node configuration.
+    pub fn node(mut self, i: usize, f: impl FnOnce(&mut NodeConfig)) -> Self {
+        f(&mut self.configs[i]);
+        self
+    }
+
+    /// Changes every node configuration.
+    pub fn all_nodes(mut self, f: impl Fn(&mut NodeConfig)) -> Self {
+        for c in &mut self.configs {
+            f(c);
+        }
+        self
+    }
+
+    pub fn net(mut self, net: NetConfig) -> Self {
+        self.net = net;
+        self
+    }
+
+    /// Storage syncs only when the harness says (crashes lose the rest).
+    pub fn explicit_sync(mut self) -> Self {
+        self.sync = MemSync::Explicit;
+        self
+    }
+
+    pub fn build(self) -> Cluster {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        let nodes = self
+            .configs
+            .into_iter()
+            .map(|cfg| {
+                let storage = MemStorage::new(self.sync);
+                let node = Node::open(cfg.clone(), storage, EPOCH_MS, rng.gen());
+                let node = match node {
+                    Ok(n) => n,
+                    Err(e) => panic!("harness config for {:?} is invalid: {e}", cfg.node),
+                };
+                SimNode {
+                    cfg,
+                    node: Some(node),
+                    parked: None,
+                    events: Vec::new(),
+                    restarts: 0,
+                }
+            })
+            .collect();
+        let mut c = Cluster {
+            now_ms: EPOCH_MS,
+            rng,
+            nodes,
+            net: Network::new(self.net),
+            sent: Vec::new(),
+            sync: self.sync,
+            clock_offset_ms: Vec::new(),
+        };
+        c.clock_offset_ms = vec![0; c.nodes.len()];
+        c.drain_all();
+        c
+    }
+}
+
+/// A running cluster.
+pub struct Cluster {
+    now_ms: u64,
+    rng: ChaCha8Rng,
+    nodes: Vec<SimNode>,
+    pub net: Network,
+    /// Every batch sent, in order.
+    pub sent: Vec<SentBatch>,
+    sync: MemSync,
+    /// Per-node clock skew (the time a node is told is `now + offset`).
+    clock_offset_ms: Vec<i64>,
+}
+
+impl Cluster {
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Simulated time, milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// The time node `i` believes it is.
+    fn node_time(&self, i: usize) -> u64 {
+        (self.now_ms as i64 + self.clock_offset_ms[i]).max(0) as u64
+    }
+
+    /// Skews node `i`'s clock by `offset_ms`.
+    pub fn set_clock_offset(&mut self, i: usize, offset_ms: i64) {
+        self.clock_offset_ms[i] = offset_ms;
+    }
+
+    /// The running node `i` (panics if it is crashed: a test bug).
+    pub fn node(&self, i: usize) -> &Node<MemStorage> {
+        match &self.nodes[i].node {
+            Some(n) => n,
+            None => panic!("node {i} is down"),
+        }
+    }
+
+    pub fn node_mut(&mut self, i: usize) -> &mut Node<MemStorage> {
+        match &mut self.nodes[i].node {
+            Some(n) => n,
+            None => panic!("node {i} is down"),
+        }
+    }
+
+    pub fn is_up(&self, i: usize) -> bool {
+        self.nodes[i].node.is_some()
+    }
+
+    /// Events node `i` reported so far.
+    pub fn events(&self, i: usize) -> &[Event] {
+        &self.nodes[i].events
+    }
+
+    // ----- application calls ---------------------------------------------
+
+    pub fn put(&mut self, i: usize, key: Key, labels: Labels, meta: &[u8]) -> WriteReceipt {
+        match self.try_write(i, vec![WriteOp::Put(put_req(key, labels, meta))]) {
+            Ok(r) => r,
+            Err(e) => panic!("put on node {i} failed: {e}"),
+        }
+    }
+
+    pub fn delete(&mut self, i: usize, key: Key) -> WriteReceipt {
+        match self.try_write(i, vec![WriteOp::Delete(key)]) {
+            Ok(r) => r,
+            Err(e) => panic!("delete on node {i} failed: {e}"),
+        }
+    }
+
+    pub fn try_write(&mut self, i: usize, ops: Vec<WriteOp>) -> Result<WriteReceipt, WriteError> {
+        let t = self.node_time(i);
+        let r = self.node_mut(i).write_batch(t, ops);
+        self.drain(i);
+        r
+    }
+
+    pub fn sync_now(&mut self, i: usize) {
+        let t = self.node_time(i);
+        self.node_mut(i).sync_now(t, None);
+        self.drain(i);
+    }
+
+    // ----- faults ------------------------------------------------------------
+
+    /// Splits the nodes into groups that cannot reach each other; open
+    /// connections across groups are cut.
+    pub fn partition(&mut self, groups: &[&[usize]]) {
+        for (gi, g) in groups.iter().enumerate() {
+            for (hi, h) in groups.iter().enumerate() {
+                if gi != hi {
+                    for &a in g.iter() {
+                        for &b in h.iter() {
+                            self.net.block(a, b);
+                            self.cut(a, b);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Blocks one directed link (asymmetric), cutting the connection.
+    pub fn block(&mut self, from: usize, to: usize) {
+        self.net.block(from, to);
+        self.cut(from, to);
+    }
+
+    /// Removes every partition.
+    pub fn heal(&mut self) {
+        self.net.unblock_all();
+    }
+
+    /// Cuts the connection between `a` and `b` (both sides notice).
+    pub fn cut(&mut self, a: usize, b: usize) {
+        if self.net.disconnect(a, b) {
+            for (x, y) in [(a, b), (b, a)] {
+                let t = self.node_time(x);
+                if let Some(n) = self.nodes[x].node.as_mut() {
+                    n.handle_disconnected(t, node_id(y));
+                }
+                self.drain(x);
+            }
+        }
+    }
+
+    /// Cuts every connection of node `i`.
+    pub fn cut_all(&mut self, i: usize) {
+        for j in self.net.connections_of(i) {
+            self.cut(i, j);
+        }
+    }
+
+    /// Crashes node `i`: connections drop, unsynced log entries are lost.
+    pub fn crash(&mut self, i: usize) {
+        self.cut_all(i);
+        if let Some(n) = self.nodes[i].node.take() {
+            let mut s = n.into_storage();
+            s.crash();
+            self.nodes[i].parked = Some(s);
+        }
+    }
+
+    /// Restarts a crashed node on its storage.
+    pub fn restart(&mut self, i: usize) {
+        let storage = match self.nodes[i].parked.take() {
+            Some(s) => s,
+            None => panic!("node {i} is not crashed"),
+        };
+        self.start(i, storage);
+    }
+
+    /// Crashes node `i` and restarts it on empty storage (new replica id).
+    pub fn wipe(&mut self, i: usize) {
+        if self.is_up(i) {
+            self.crash(i);
+        }
+        self.nodes[i].parked = None;
+        self.start(i, MemStorage::new(self.sync));
+    }
+
+    /// Replaces node `i`'s configuration (a restart with the new config).
+    pub fn reconfigure(&mut self, i: usize, f: impl FnOnce(&mut NodeConfig)) {
+        f(&mut self.nodes[i].cfg);
+        if self.is_up(i) {
+            self.crash_clean(i);
+        }
+        let storage = self.nodes[i]
+            .parked
+            .take()
+            .unwrap_or_else(|| MemStorage::new(self.sync));
+        self.start(i, storage);
+    }
+
+    /// Stops node `i` without losing anything (a clean shutdown).
+    fn crash_clean(&mut self, i: usize) {
+        self.cut_all(i);
+        if let Some(n) = self.nodes[i].node.take() {
+            let mut s = n.into_storage();
+            s.sync();
+            self.nodes[i].parked = Some(s);
+        }
+    }
+
+    fn start(&mut self, i: usize, storage: MemStorage) {
+        let seed = self.rng.gen();
+        let t = self.node_time(i);
+        let cfg = self.nodes[i].cfg.clone();
+        match Node::open(cfg, storage, t, seed) {
+            Ok(n) => self.nodes[i].node = Some(n),
+            Err(e) => panic!("node {i} failed to reopen: {e}"),
+        }
+        self.nodes[i].restarts += 1;
+        self.drain(i);
+    }
+
+    /// Makes node `i`'s log durable (with `explicit_sync`).
+    pub fn sync_storage(&mut self, i: usize) {
+        let t = self.node_time(i);
+        if let Some(n) = self.nodes[i].node.as_mut() {
+            n.storage_mut().sync();
+            n.handle_durable(t);
+        }
+        self.drain(i);
+    }
+
+    /// Injects raw bytes into node `i` as if `from` had sent them.
+    pub fn inject(
+        &mut self,
+        i: usize,
+        from: usize,
+        bytes: &[u8],
+    ) -> Result<(), recsync_engine::SessionError> {
+        let t = self.node_time(i);
+        let r = self.node_mut(i).handle_bytes(t, node_id(from), bytes);
+        self.drain(i);
+        r
+    }
+
+    // ----- driving -------------------------------------------------------------
+
+    /// Carries out node `i`'s outputs and collects its events.
+    fn drain(&mut self, i: usize) {
+        loop {
+            let sim = &mut self.nodes[i];
+            let Some(node) = sim.node.as_mut() else {
+                return;
+            };
+            let out = node.poll_output();
+            while let Some(e) = node.poll_event() {
+                sim.events.push(e);
+            }
+            let Some(out) = out else { return };
+            match out {
+                Output::Connect { peer } => self.connect(i, index_of(peer)),
+                Output::Transmit { peer, frame } => {
+                    let to = index_of(peer);
+                    self.record_sent(i, to, &frame);
+                    let now = self.now_ms;
+                    self.net.send(&mut self.rng, now, i, to, frame);
+                }
+                Output::Close { peer } => {
+                    let j = index_of(peer);
+                    if self.net.disconnect(i, j) {
+                        let t = self.node_time(j);
+                        if let Some(n) = self.nodes[j].node.as_mut() {
+                            n.handle_disconnected(t, node_id(i));
+                        }
+                        self.drain(j);
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.drain(i);
+        }
+    }
+
+    fn record_sent(&mut self, from: usize, to: usize, frame: &[u8]) {
+        if let Ok((Message::Batch(b), _)) = decode_frame(frame, FRAME_PAYLOAD_LEN_MAX) {
+            self.sent.push(SentBatch {
+                at_ms: self.now_ms,
+                from,
+                to,
+                frame_bytes: frame.len(),
+                versions: b
+                    .versions
+                    .iter()
+                    .map(|v| (v.key, v.dot, v.labels.clone()))
+                    .collect(),
+            });
+        }
+    }
+
+    fn connect(&mut self, a: usize, b: usize) {
+        let ta = self.node_time(a);
+        if b >= self.nodes.len() || !self.is_up(b) || !self.net.reachable(a, b) {
+            self.node_mut(a).handle_connect_failed(ta, node_id(b));
+            return;
+        }
+        if !self.net.connect(a, b) {
+            // Already connected: the other side's request got there first.
+            return;
+        }
+        for (x, y) in [(a, b), (b, a)] {
+            let t = self.node_time(x);
+            self.node_mut(x).handle_connected(t, node_id(y));
+        }
+        self.drain(a);
+        self.drain(b);
+    }
+
+    /// The next moment something happens.
+    fn next_event_ms(&self) -> Option<u64> {
+        let mut t = self.net.next_delivery_ms();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(timeout) = n.node.as_ref().and_then(|n| n.poll_timeout()) {
+                // A node's timer is in its own (skewed) time.
+                let real = (timeout as i64 - self.clock_offset_ms[i]).max(0) as u64;
+                t = Some(t.map_or(real, |t| t.min(real)));
+            }
+        }
+        t
+    }
+
+    /// Runs one step: everything due at the next event time.
+    fn step(&mut self, until_ms: u64) -> bool {
+        let Some(next) = self.next_event_ms() else {
+            return false;
+        };
+        if next > until_ms {
+            return false;
+        }
+        self.now_ms = self.now_ms.max(next);
+        while let Some(p) = self.net.pop_due(self.now_ms) {
+            let t = self.node_time(p.to);
+            if let Some(n) = self.nodes[p.to].node.as_mut() {
+                // Errors close that session only; they are reported as events.
+                let _ = n.handle_bytes(t, node_id(p.from), &p.frame);
+            }
+            self.drain(p.to);
+        }
+        for i in 0..self.nodes.len() {
+            let t = self.node_time(i);
+            let due = self.nodes[i]
+                .node
+                .as_ref()
+                .and_then(|n| n.poll_timeout())
+                .is_some_and(|d| d <= t);
+            if due {
+                self.node_mut(i).handle_timeout(t);
+                self.drain(i);
+            }
+        }
+        true
+    }
+
+    /// Runs until simulated time `until_ms`.
+    pub fn run_until(&mut self, until_ms: u64) {
+        let mut same_time_steps = 0u32;
+        let mut last = self.now_ms;
+        while self.step(until_ms) {
+            if self.now_ms == last {
+                same_time_steps += 1;
+                assert!(
+                    same_time_steps < 100_000,
+                    "livelock: no progress of time at {} ms",
+                    self.now_ms
+                );
+            } else {
+                same_time_steps = 0;
+                last = self.now_ms;
+            }
+        }
+        self.now_ms = self.now_ms.max(until_ms);
+    }
+
+    /// Runs for `ms` of simulated time.
+    pub fn run_for(&mut self, ms: u64) {
+        let t = self.now_ms + ms;
+        self.run_until(t);
+    }
+
+    /// Whether nothing is in flight and every continuous link is caught up.
+    pub fn settled(&self) -> bool {
+        self.net.in_flight() == 0 && self.pending().is_empty()
+    }
+
+    /// (node, peer, versions) still pending on continuous links.
+    pub fn pending(&self) -> Vec<(usize, usize, u64)> {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(node) = n.node.as_ref() else {
+                continue;
+            };
+            for p in &n.cfg.peers {
+                let continuous = matches!(p.schedule, Schedule::Continuous { .. });
+                let j = index_of(p.node);
+                if !p.send || !continuous || !self.is_up(j) {
+                    continue;
+                }
+                if let Some(s) = node.peer_status(&p.node) {
+                    if s.pending_versions > 0 || !s.connected {
+                        out.push((i, j, s.pending_versions));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs until settled, at most `max_ms` of simulated time.
+    pub fn run_until_settled(&mut self, max_ms: u64) -> Result<u64, Livelock> {
+        let start = self.now_ms;
+        let deadline = start + max_ms;
+        let mut same_time_steps = 0u32;
+        let mut last = self.now_ms;
+        loop {
+            if self.settled() {
+                return Ok(self.now_ms - start);
+            }
+            if !self.step(deadline) {
+                return Err(Livelock {
+                    waited_ms: self.now_ms - start,
+                    in_flight: self.net.in_flight(),
+                    pending: self.pending(),
+                });
+            }
+            if self.now_ms == last {
+                same_time_steps += 1;
+                assert!(same_time_steps < 100_000, "livelock at {} ms", self.now_ms);
+            } else {
+                same_time_steps = 0;
+                last = self.now_ms;
+            }
+        }
+    }
+
+    /// Whether the given nodes have identical state digests.
+    pub fn digests_equal(&self, nodes: &[usize]) -> bool {
+        let mut d = nodes.iter().map(|&i| self.node(i).state_digest());
+        let Some(first) = d.next() else { return true };
+        d.all(|x| x == first)
+    }
+}
+
+/// The harness index of a node id.
+pub fn index_of(id: NodeId) -> usize {
+    (id.0.as_u128() - 0xA000) as usize
+}
+
+/// Builds a put request.
+pub fn put_req(key: Key, labels: Labels, meta: &[u8]) -> PutRequest {
+    PutRequest {
+        key,
+        labels,
+        meta: meta.to_vec(),
+        blob: None,
+    }
+}
+
+/// Labels with the given class and default tenant and group.
+pub fn labels(class: &str) -> Labels {
+    match Labels::parse(class, "default", "default") {
+        Ok(l) => l,
+        Err(e) => panic!("bad class name {class:?}: {e}"),
+    }
+}
