@@ -607,7 +607,7 @@ impl<S: Storage> Node<S> {
         };
         p.decoder = wire::FrameDecoder::new(self.cfg.limits.frame_payload_len_max);
         p.out = None;
-        p.link = Link::Handshaking;
+        p.link = Link::Handshaking { since_ms: self.now_ms };
         p.stats.sessions += 1;
         let hello = Hello {
             cluster: hello_base.0,
@@ -686,7 +686,7 @@ impl<S: Storage> Node<S> {
             self.outputs.push_back(Output::Close { peer });
             return Err(SessionError::UnknownPeer(peer));
         };
-        if !matches!(p.link, Link::Handshaking | Link::Up { .. }) {
+        if !matches!(p.link, Link::Handshaking { .. } | Link::Up { .. }) {
             return Ok(());
         }
         p.decoder.push(bytes);
@@ -694,7 +694,7 @@ impl<S: Storage> Node<S> {
             let Some(p) = self.peers.get_mut(&peer) else {
                 return Ok(());
             };
-            if !matches!(p.link, Link::Handshaking | Link::Up { .. }) {
+            if !matches!(p.link, Link::Handshaking { .. } | Link::Up { .. }) {
                 return Ok(());
             }
             match p.decoder.next_message() {
@@ -748,7 +748,7 @@ impl<S: Storage> Node<S> {
         let Some(p) = self.peers.get_mut(&peer) else {
             return Err(SessionError::UnknownPeer(peer));
         };
-        if p.link != Link::Handshaking {
+        if !matches!(p.link, Link::Handshaking { .. }) {
             return Err(SessionError::Refused(Refusal::Misbehaved));
         }
         if h.cluster != self.cfg.cluster {
@@ -947,12 +947,19 @@ impl<S: Storage> Node<S> {
             p.acked = Some(a.cursor);
             p.last_success_ms = Some(now);
             p.pop_acked(&a.cursor);
-        } else if Some(a.cursor) == p.acked && !out.inflight.is_empty() {
-            // The receiver repeats its position: what we sent after it was
-            // lost or came out of order. Go back and send it again.
+        } else if within(p.acked, &a.cursor, &out.sent) && !out.inflight.is_empty() {
+            // The receiver stands somewhere that is not the end of a batch
+            // in flight (what we sent after it was lost, reordered, or cut
+            // differently before a go-back): nothing in flight can apply
+            // there. Take the position as acknowledged and go back to it.
             out.sent = a.cursor;
             out.inflight.clear();
             p.stats.resends += 1;
+            if p.acked != Some(a.cursor) {
+                p.acked = Some(a.cursor);
+                p.last_success_ms = Some(now);
+                p.pop_acked(&a.cursor);
+            }
         }
         self.pump_all();
     }
@@ -988,12 +995,17 @@ impl<S: Storage> Node<S> {
         self.advance(now_ms);
         let now = self.now_ms;
         let ack_timeout = self.cfg.timing.ack_timeout_ms;
+        let mut stalled = Vec::new();
         for (id, p) in self.peers.iter_mut() {
-            if let Link::Down { retry_at_ms } = p.link {
-                if retry_at_ms <= now {
+            match p.link {
+                Link::Down { retry_at_ms } if retry_at_ms <= now => {
                     p.link = Link::Connecting;
                     self.outputs.push_back(Output::Connect { peer: *id });
                 }
+                Link::Handshaking { since_ms } if since_ms + ack_timeout <= now => {
+                    stalled.push(*id);
+                }
+                _ => {}
             }
             if let (Some(out), Some(acked)) = (p.out.as_mut(), p.acked) {
                 if out
@@ -1006,6 +1018,11 @@ impl<S: Storage> Node<S> {
                     p.stats.resends += 1;
                 }
             }
+        }
+        for peer in stalled {
+            // The peer's Hello never came: drop the connection and retry.
+            self.outputs.push_back(Output::Close { peer });
+            self.link_down(peer, Some(SessionEnd::Disconnected));
         }
         if now >= self.next_trim_ms {
             self.next_trim_ms = now + self.cfg.timing.trim_interval_ms;
@@ -1022,8 +1039,10 @@ impl<S: Storage> Node<S> {
         let ack_timeout = self.cfg.timing.ack_timeout_ms;
         let mut t = self.next_trim_ms;
         for p in self.peers.values() {
-            if let Link::Down { retry_at_ms } = p.link {
-                t = t.min(retry_at_ms);
+            match p.link {
+                Link::Down { retry_at_ms } => t = t.min(retry_at_ms),
+                Link::Handshaking { since_ms } => t = t.min(since_ms + ack_timeout),
+                _ => {}
             }
             if let Some(f) = p.out.as_ref().and_then(|o| o.inflight.front()) {
                 t = t.min(f.sent_at_ms + ack_timeout);
@@ -1304,10 +1323,39 @@ impl<S: Storage> Node<S> {
         self.peers.get(peer).and_then(|p| p.acked)
     }
 
+    /// For tests and the simulator: a readable dump of one peer's state.
+    pub fn peer_debug(&self, peer: &NodeId) -> String {
+        match self.peers.get(peer) {
+            Some(p) => format!(
+                "link={:?} acked={:?} out={:?} backlog_front={:?} backlog_len={} recv_applied={:?} sync_upto={}",
+                p.link,
+                p.acked,
+                p.out,
+                p.backlog.front(),
+                p.backlog.len(),
+                p.recv_applied,
+                p.sync_upto
+            ),
+            None => "not configured".into(),
+        }
+    }
+
     /// For tests: the current HLC.
     pub fn hlc_last(&self) -> Hlc {
         self.hlc.last()
     }
+}
+
+/// Whether `pos` lies between what was acknowledged and what was sent.
+fn within(acked: Option<Cursor>, pos: &Cursor, sent: &Cursor) -> bool {
+    use std::cmp::Ordering::*;
+    let after_acked = match acked {
+        Some(a) => a.replica == pos.replica && matches!(a.pos.partial_order(&pos.pos), Some(Less | Equal)),
+        None => true,
+    };
+    after_acked
+        && sent.replica == pos.replica
+        && matches!(pos.pos.partial_order(&sent.pos), Some(Less | Equal))
 }
 
 fn policy_of<'a>(cfg: &'a NodeConfig, v: &Version) -> &'a ConflictPolicy {

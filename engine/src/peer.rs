@@ -14,8 +14,8 @@ pub enum Link {
     Down { retry_at_ms: u64 },
     /// Waiting for the driver to connect.
     Connecting,
-    /// Connected, our Hello sent, waiting for theirs.
-    Handshaking,
+    /// Connected, our Hello sent at `since_ms`, waiting for theirs.
+    Handshaking { since_ms: u64 },
     /// Both Hellos exchanged.
     Up { remote_replica: ReplicaId },
 }

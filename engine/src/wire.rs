@@ -34,6 +34,29 @@ pub enum Position {
     Snapshot { at_lsn: Lsn, after: Option<Key> },
 }
 
+impl Position {
+    /// Orders two positions of the same sender log when they are comparable:
+    /// log positions by LSN; positions in the same snapshot by key; a
+    /// snapshot before the log position it ends at (or any later one).
+    /// Positions of two different snapshots are not comparable.
+    pub fn partial_order(&self, other: &Position) -> Option<std::cmp::Ordering> {
+        use std::cmp::Ordering::*;
+        match (*self, *other) {
+            (Position::Log { lsn: a }, Position::Log { lsn: b }) => Some(a.cmp(&b)),
+            (
+                Position::Snapshot { at_lsn: a, after: x },
+                Position::Snapshot { at_lsn: b, after: y },
+            ) => (a == b).then(|| x.cmp(&y)),
+            (Position::Snapshot { at_lsn, .. }, Position::Log { lsn }) => {
+                (lsn >= at_lsn).then_some(Less)
+            }
+            (Position::Log { lsn }, Position::Snapshot { at_lsn, .. }) => {
+                (lsn >= at_lsn).then_some(Greater)
+            }
+        }
+    }
+}
+
 /// A position in a given incarnation of a sender's log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Cursor {
@@ -257,6 +280,22 @@ mod tests {
             replica: ReplicaId::from_u128(3),
             receive: Some(None),
         })
+    }
+
+    #[test]
+    fn positions_order() {
+        use std::cmp::Ordering::*;
+        let log = |lsn| Position::Log { lsn };
+        let snap = |at_lsn, k: Option<u128>| Position::Snapshot {
+            at_lsn,
+            after: k.map(Key::from_u128),
+        };
+        assert_eq!(log(3).partial_order(&log(5)), Some(Less));
+        assert_eq!(snap(9, None).partial_order(&snap(9, Some(1))), Some(Less));
+        assert_eq!(snap(9, Some(4)).partial_order(&log(9)), Some(Less));
+        assert_eq!(log(12).partial_order(&snap(9, Some(4))), Some(Greater));
+        assert_eq!(snap(9, None).partial_order(&snap(10, None)), None);
+        assert_eq!(log(3).partial_order(&snap(9, None)), None);
     }
 
     #[test]
