@@ -37,20 +37,28 @@ fn run_case(seed: u64) -> Case {
         latency_ms_min: 1,
         latency_ms_max: rng.gen_range(2..80),
         reorder: rng.gen_bool(0.5),
-        drop_probability: if rng.gen_bool(0.5) { rng.gen_range(0.0..0.15) } else { 0.0 },
-        duplicate_probability: if rng.gen_bool(0.5) { rng.gen_range(0.0..0.15) } else { 0.0 },
+        drop_probability: if rng.gen_bool(0.5) {
+            rng.gen_range(0.0..0.15)
+        } else {
+            0.0
+        },
+        duplicate_probability: if rng.gen_bool(0.5) {
+            rng.gen_range(0.0..0.15)
+        } else {
+            0.0
+        },
     };
     let user_policy = policy(&mut rng, n);
     let group_policy = policy(&mut rng, n);
-    let mut b = ClusterBuilder::new(seed, n)
-        .net(net)
-        .all_nodes(|cfg| {
-            cfg.classes.insert(Name::new("user").unwrap(), user_policy.clone());
-            cfg.classes.insert(Name::new("group").unwrap(), group_policy.clone());
-            cfg.timing.ack_timeout_ms = 500;
-            cfg.timing.reconnect_max_ms = 2_000;
-            cfg.limits.send_batch_versions_max = 8;
-        });
+    let mut b = ClusterBuilder::new(seed, n).net(net).all_nodes(|cfg| {
+        cfg.classes
+            .insert(Name::new("user").unwrap(), user_policy.clone());
+        cfg.classes
+            .insert(Name::new("group").unwrap(), group_policy.clone());
+        cfg.timing.ack_timeout_ms = 500;
+        cfg.timing.reconnect_max_ms = 2_000;
+        cfg.limits.send_batch_versions_max = 8;
+    });
     // A mesh, or a bidirectional ring (relays on every path).
     if rng.gen_bool(0.5) {
         b = b.mesh();
@@ -60,7 +68,9 @@ fn run_case(seed: u64) -> Case {
         }
     }
     let mut c = b.build();
-    let keys: Vec<Key> = (0..rng.gen_range(3..12)).map(|k| Key::from_u128(k as u128)).collect();
+    let keys: Vec<Key> = (0..rng.gen_range(3..12))
+        .map(|k| Key::from_u128(k as u128))
+        .collect();
     let mut acked = Vec::new();
     for _ in 0..rng.gen_range(20..70) {
         let i = rng.gen_range(0..n);
@@ -88,7 +98,11 @@ fn run_case(seed: u64) -> Case {
             }
             _ if c.is_up(i) => {
                 let class = if rng.gen_bool(0.7) { "user" } else { "group" };
-                let count = if rng.gen_bool(0.2) { rng.gen_range(2..5) } else { 1 };
+                let count = if rng.gen_bool(0.2) {
+                    rng.gen_range(2..5)
+                } else {
+                    1
+                };
                 let mut ops = Vec::new();
                 let mut used = Vec::new();
                 for _ in 0..count {
@@ -97,7 +111,10 @@ fn run_case(seed: u64) -> Case {
                         continue;
                     }
                     used.push(k);
-                    let live = c.node(i).get(&k).is_some_and(|o| o.siblings.iter().any(|v| !v.body.is_tombstone()));
+                    let live = c
+                        .node(i)
+                        .get(&k)
+                        .is_some_and(|o| o.siblings.iter().any(|v| !v.body.is_tombstone()));
                     if live && rng.gen_bool(0.25) {
                         ops.push(WriteOp::Delete(k));
                     } else {
@@ -139,7 +156,10 @@ fn acceptance_convergence_1000_random_cases() {
         for i in all {
             for (k, dot) in &acked {
                 let seen = c.node(i).keys().any(|(key, s)| key == k && s.has_seen(dot));
-                assert!(seen, "seed {seed}: node {i} lacks acknowledged write {dot:?} of {k:?}");
+                assert!(
+                    seen,
+                    "seed {seed}: node {i} lacks acknowledged write {dot:?} of {k:?}"
+                );
             }
             conflicts += c
                 .events(i)
@@ -150,14 +170,20 @@ fn acceptance_convergence_1000_random_cases() {
         writes += acked.len();
     }
     // The workload really produced concurrency.
-    assert!(conflicts > CASES as usize, "only {conflicts} conflicts in {writes} writes");
+    assert!(
+        conflicts > CASES as usize,
+        "only {conflicts} conflicts in {writes} writes"
+    );
 }
 
 #[test]
 fn acceptance_convergence_same_seed_same_run() {
     let a = run_case(4242);
     let b = run_case(4242);
-    assert_eq!(a.cluster.node(0).state_digest(), b.cluster.node(0).state_digest());
+    assert_eq!(
+        a.cluster.node(0).state_digest(),
+        b.cluster.node(0).state_digest()
+    );
     assert_eq!(a.cluster.now_ms(), b.cluster.now_ms());
     assert_eq!(a.cluster.sent.len(), b.cluster.sent.len());
 }

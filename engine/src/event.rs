@@ -27,6 +27,9 @@ pub enum Event {
     PeerUp { peer: NodeId },
     /// A session with the peer ended.
     PeerDown { peer: NodeId, why: SessionEnd },
+    /// A blob fetched from `from` did not match its hash and was discarded;
+    /// the recording stays staged and is fetched again later.
+    BlobRejected { from: NodeId, hash: [u8; 32] },
     /// The event queue was full; this many older events were dropped.
     EventsDropped { count: u64 },
 }

@@ -6,6 +6,7 @@
 //! requests, timers and events come out. Storage is reached through the
 //! [`Storage`] trait. See `ARCHITECTURE.md` at the repository root.
 
+pub mod blobs;
 pub mod config;
 pub mod event;
 pub mod filter;
@@ -21,6 +22,7 @@ pub mod storage;
 pub mod vv;
 pub mod wire;
 
+pub use blobs::{BlobError, BlobUpload};
 pub use config::{ConfigError, Limits, NodeConfig, PeerConfig, Timing};
 pub use event::{Event, SessionEnd};
 pub use filter::Filter;

@@ -18,6 +18,10 @@
 //! held back until the storage reports the entry durable (`durable_lsn`), so
 //! "never acknowledge before durable" holds whatever the driver does.
 
+use crate::blobs::{
+    BlobError, BlobUpload, Fetch, Serve, BLOB_CHUNK_BYTES, BLOB_VERIFY_READ_BYTES,
+    BLOB_WINDOW_CHUNKS,
+};
 use crate::config::{ConfigError, NodeConfig, PeerConfig};
 use crate::event::{Event, SessionEnd};
 use crate::hlc::{Hlc, HlcClock};
@@ -27,8 +31,10 @@ use crate::peer::{backoff_ms, BacklogItem, Inflight, Link, Outbound, Peer, PeerS
 use crate::policy::{ConflictPolicy, Resolution};
 use crate::record::{BlobRef, Body, Labels, Version};
 use crate::schedule::Schedule;
-use crate::storage::{EntryBody, NodeMeta, Storage, StorageError};
-use crate::wire::{self, Ack, Batch, Cursor, FrameError, Hello, Message, Position, Refusal};
+use crate::storage::{BlobId, EntryBody, NodeMeta, Storage, StorageError};
+use crate::wire::{
+    self, Ack, Batch, BlobChunk, BlobWant, Cursor, FrameError, Hello, Message, Position, Refusal,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -93,6 +99,8 @@ pub enum WriteError {
     DuplicateKey { key: Key },
     #[error("key: {key} does not exist (or is deleted)")]
     NotFound { key: Key },
+    #[error("blob: {blob:?} is not stored here whole (upload it first)")]
+    BlobMissing { blob: BlobRef },
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
     #[error("the node's storage failed earlier; it no longer accepts writes")]
@@ -187,6 +195,12 @@ pub struct Node<S: Storage> {
     now_ms: u64,
     next_trim_ms: u64,
     failed: Option<StorageError>,
+    /// Blobs held whole and verified.
+    blobs_complete: BTreeSet<[u8; 32]>,
+    /// Versions waiting for their blob, by blob hash.
+    staged: BTreeMap<[u8; 32], Vec<Version>>,
+    /// Blobs being fetched for staged versions.
+    fetches: BTreeMap<[u8; 32], Fetch>,
 }
 
 impl<S: Storage> Node<S> {
@@ -254,8 +268,12 @@ impl<S: Storage> Node<S> {
             now_ms,
             next_trim_ms,
             failed: None,
+            blobs_complete: BTreeSet::new(),
+            staged: BTreeMap::new(),
+            fetches: BTreeMap::new(),
         };
         node.replay()?;
+        node.finish_present_fetches()?;
         Ok(node)
     }
 
@@ -268,7 +286,19 @@ impl<S: Storage> Node<S> {
             from = last.lsn + 1;
             for entry in chunk {
                 let versions = entry.body.versions();
+                if let EntryBody::Remote { from, staged, .. } = &entry.body {
+                    for v in staged {
+                        self.stage(*from, v.clone());
+                    }
+                }
+                if let EntryBody::BlobReady { hash, .. } = &entry.body {
+                    self.staged.remove(hash);
+                    self.fetches.remove(hash);
+                }
                 for v in versions {
+                    if let Body::Live { blob: Some(b), .. } = &v.body {
+                        self.blobs_complete.insert(b.hash);
+                    }
                     self.hlc.observe(v.hlc);
                     if v.dot.replica == self.meta.replica {
                         self.counter = self.counter.max(v.dot.counter);
@@ -279,17 +309,14 @@ impl<S: Storage> Node<S> {
                         .or_default()
                         .apply(v.clone(), entry.lsn, |v| policy_of(cfg, v));
                 }
-                let from_peer = match &entry.body {
-                    EntryBody::Remote { from, cursor, .. } => {
-                        if let Some(p) = self.peers.get_mut(from) {
-                            p.recv_applied = Some(*cursor);
-                            p.recv_durable = Some(*cursor);
-                            p.recv_cursor_lsn = entry.lsn;
-                        }
-                        Some(*from)
+                if let EntryBody::Remote { from, cursor, .. } = &entry.body {
+                    if let Some(p) = self.peers.get_mut(from) {
+                        p.recv_applied = Some(*cursor);
+                        p.recv_durable = Some(*cursor);
+                        p.recv_cursor_lsn = entry.lsn;
                     }
-                    EntryBody::Local { .. } => None,
-                };
+                }
+                let from_peer = entry.body.source();
                 let at = versions.iter().map(|v| v.hlc.wall_ms).max().unwrap_or(0);
                 self.push_backlogs(entry.lsn, versions, from_peer, at);
             }
@@ -479,6 +506,11 @@ impl<S: Storage> Node<S> {
                             max: limits.meta_len_max,
                         });
                     }
+                    if let Some(blob) = p.blob {
+                        if !self.blobs_complete.contains(&blob.hash) {
+                            return Err(WriteError::BlobMissing { blob });
+                        }
+                    }
                     p.key
                 }
                 WriteOp::Delete(key) => {
@@ -607,7 +639,9 @@ impl<S: Storage> Node<S> {
         };
         p.decoder = wire::FrameDecoder::new(self.cfg.limits.frame_payload_len_max);
         p.out = None;
-        p.link = Link::Handshaking { since_ms: self.now_ms };
+        p.link = Link::Handshaking {
+            since_ms: self.now_ms,
+        };
         p.stats.sessions += 1;
         let hello = Hello {
             cluster: hello_base.0,
@@ -652,6 +686,7 @@ impl<S: Storage> Node<S> {
         };
         p.reconnect_attempt = p.reconnect_attempt.saturating_add(1);
         p.out = None;
+        p.serving.clear();
         self.gated.retain(|g| g.peer != peer);
         if let (true, Some(why)) = (was_up, why) {
             self.push_event(Event::PeerDown { peer, why });
@@ -729,6 +764,12 @@ impl<S: Storage> Node<S> {
                 self.on_ack(peer, a);
                 Ok(())
             }
+            Message::BlobWant(w) => {
+                self.on_blob_want(peer, w);
+                Ok(())
+            }
+            Message::BlobChunk(c) => self.on_blob_chunk(peer, c),
+            Message::BlobMissing { .. } => Ok(()),
         };
         if let Err(e) = &result {
             let tell = match e {
@@ -765,6 +806,15 @@ impl<S: Storage> Node<S> {
             self.start_outbound(peer, resume)?;
         }
         self.push_event(Event::PeerUp { peer });
+        let wanted: Vec<[u8; 32]> = self
+            .fetches
+            .iter()
+            .filter(|(_, f)| f.source == peer)
+            .map(|(h, _)| *h)
+            .collect();
+        for hash in wanted {
+            self.send_want(hash, true);
+        }
         self.pump_all();
         Ok(())
     }
@@ -831,10 +881,7 @@ impl<S: Storage> Node<S> {
             let Some(last) = chunk.last() else { break };
             from = last.lsn + 1;
             for e in chunk {
-                let src = match &e.body {
-                    EntryBody::Remote { from, .. } => Some(*from),
-                    EntryBody::Local { .. } => None,
-                };
+                let src = e.body.source();
                 let at = e
                     .body
                     .versions()
@@ -872,24 +919,39 @@ impl<S: Storage> Node<S> {
             self.release_gated();
             return Ok(());
         }
-        // Keep what is new here (and only once per batch).
+        // Keep what is new here (and only once per batch); versions whose
+        // blob is not here whole wait for it.
         let mut taken = BTreeSet::new();
-        let versions: Vec<Version> = b
+        let (versions, staged): (Vec<Version>, Vec<Version>) = b
             .versions
             .into_iter()
             .filter(|v| {
-                !self.keys.get(&v.key).is_some_and(|s| s.has_seen(&v.dot)) && taken.insert(v.dot)
+                !self.keys.get(&v.key).is_some_and(|s| s.has_seen(&v.dot))
+                    && !self.is_staged(v)
+                    && taken.insert(v.dot)
             })
-            .collect();
+            .partition(|v| self.blob_ready(v));
         let body = EntryBody::Remote {
             from: peer,
             versions,
+            staged,
             cursor: b.next,
         };
         let lsn = self.append(&body).map_err(SessionError::Storage)?;
-        let EntryBody::Remote { versions, .. } = body else {
+        let EntryBody::Remote {
+            versions, staged, ..
+        } = body
+        else {
             unreachable!()
         };
+        for v in staged {
+            if let Some(hash) = self.stage(peer, v) {
+                self.send_want(hash, true);
+            }
+        }
+        // An empty blob (or one already present) needs no transfer.
+        self.finish_present_fetches()
+            .map_err(SessionError::Storage)?;
         let at = self.now_ms;
         self.push_backlogs(lsn, &versions, Some(peer), at);
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -1019,6 +1081,7 @@ impl<S: Storage> Node<S> {
                 }
             }
         }
+        self.blob_timeouts();
         for peer in stalled {
             // The peer's Hello never came: drop the connection and retry.
             self.outputs.push_back(Output::Close { peer });
@@ -1050,6 +1113,20 @@ impl<S: Storage> Node<S> {
             if let Some(w) = self.send_wake(p) {
                 t = t.min(w);
             }
+            for s in p.serving.values().filter(|s| s.sent > s.acked) {
+                t = t.min(s.last_progress_ms + ack_timeout);
+            }
+            let window = BLOB_WINDOW_CHUNKS * BLOB_CHUNK_BYTES as u64;
+            let blob_work = p
+                .serving
+                .values()
+                .any(|s| s.sent < s.len && s.sent < s.acked + window);
+            if let (true, true, Some(b)) = (blob_work, p.is_up() && !p.paused, &p.bucket) {
+                t = t.min(b.ready_at_ms());
+            }
+        }
+        for f in self.fetches.values() {
+            t = t.min(f.deadline_ms);
         }
         Some(t.max(self.now_ms))
     }
@@ -1138,8 +1215,14 @@ impl<S: Storage> Node<S> {
         }
     }
 
-    /// Sends to `peer` whatever its schedule, bandwidth and window allow.
+    /// Sends to `peer` whatever its schedule, bandwidth and windows allow:
+    /// record batches first, then blob chunks in the lane behind them.
     fn pump(&mut self, peer: NodeId) -> Result<(), StorageError> {
+        self.pump_batches(peer)?;
+        self.pump_blobs(peer)
+    }
+
+    fn pump_batches(&mut self, peer: NodeId) -> Result<(), StorageError> {
         loop {
             let now = self.now_ms;
             let Some(p) = self.peers.get_mut(&peer) else {
@@ -1309,13 +1392,393 @@ impl<S: Storage> Node<S> {
                         .get(&v.key)
                         .is_some_and(|s| s.siblings.iter().any(|s| s.version.dot == v.dot))
                 });
-                if !standing && !keep_cursor.contains(&e.lsn) {
+                let waiting = match &e.body {
+                    EntryBody::Remote { staged, .. } => staged.iter().any(|v| self.is_staged(v)),
+                    _ => false,
+                };
+                if !standing && !waiting && !keep_cursor.contains(&e.lsn) {
                     self.storage.release(e.lsn)?;
                     released += 1;
                 }
             }
         }
         Ok(released)
+    }
+
+    // ----- blobs ---------------------------------------------------------
+
+    /// Starts a local blob upload (stream the bytes in with `blob_write`).
+    pub fn blob_begin(&mut self) -> BlobUpload {
+        BlobUpload {
+            id: self.rng.gen(),
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        }
+    }
+
+    /// Appends bytes to an upload.
+    pub fn blob_write(&mut self, up: &mut BlobUpload, data: &[u8]) -> Result<(), BlobError> {
+        self.storage.blob_append(&up.id, up.len, data)?;
+        up.hasher.update(data);
+        up.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Finishes an upload; the blob can now be named in a put.
+    pub fn blob_finish(&mut self, up: BlobUpload) -> Result<BlobRef, BlobError> {
+        let blob = BlobRef {
+            hash: *up.hasher.finalize().as_bytes(),
+            len_bytes: up.len,
+        };
+        if self.blobs_complete.contains(&blob.hash) {
+            self.storage.blob_remove(&up.id)?;
+        } else {
+            self.storage.blob_rename(&up.id, &blob.hash)?;
+            self.blobs_complete.insert(blob.hash);
+        }
+        Ok(blob)
+    }
+
+    /// Reads part of a blob held whole here.
+    pub fn read_blob(
+        &self,
+        hash: &[u8; 32],
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, BlobError> {
+        if !self.blobs_complete.contains(hash) {
+            return Err(BlobError::NotFound);
+        }
+        Ok(self.storage.blob_read(hash, offset, len)?)
+    }
+
+    /// Whether a blob is held whole and verified here.
+    pub fn has_blob(&self, hash: &[u8; 32]) -> bool {
+        self.blobs_complete.contains(hash)
+    }
+
+    /// Versions waiting for their blob.
+    pub fn staged_versions(&self) -> usize {
+        self.staged.values().map(Vec::len).sum()
+    }
+
+    fn blob_ready(&self, v: &Version) -> bool {
+        match &v.body {
+            Body::Live { blob: Some(b), .. } => self.blobs_complete.contains(&b.hash),
+            _ => true,
+        }
+    }
+
+    fn is_staged(&self, v: &Version) -> bool {
+        match &v.body {
+            Body::Live { blob: Some(b), .. } => self
+                .staged
+                .get(&b.hash)
+                .is_some_and(|s| s.iter().any(|x| x.dot == v.dot)),
+            _ => false,
+        }
+    }
+
+    /// Stages a version for its blob; returns the hash if a fetch started.
+    fn stage(&mut self, from: NodeId, v: Version) -> Option<[u8; 32]> {
+        let Body::Live { blob: Some(b), .. } = &v.body else {
+            unreachable!("only versions with blobs are staged")
+        };
+        let (hash, len) = (b.hash, b.len_bytes);
+        if self.is_staged(&v) {
+            return None;
+        }
+        self.staged.entry(hash).or_default().push(v);
+        if self.fetches.contains_key(&hash) {
+            return None;
+        }
+        self.fetches.insert(
+            hash,
+            Fetch {
+                len,
+                source: from,
+                deadline_ms: self.now_ms + self.cfg.timing.ack_timeout_ms,
+                failures: 0,
+            },
+        );
+        Some(hash)
+    }
+
+    /// After a restart: fetches whose bytes are all present are verified.
+    fn finish_present_fetches(&mut self) -> Result<(), StorageError> {
+        let done: Vec<[u8; 32]> = self
+            .fetches
+            .iter()
+            .filter(|(h, f)| self.storage.blob_len(h) >= f.len)
+            .map(|(h, _)| *h)
+            .collect();
+        for hash in done {
+            self.blob_arrived(hash)?;
+        }
+        Ok(())
+    }
+
+    fn send_want(&mut self, hash: [u8; 32], restart: bool) {
+        let Some(f) = self.fetches.get(&hash) else {
+            return;
+        };
+        let source = f.source;
+        if !self.peers.get(&source).is_some_and(|p| p.is_up()) {
+            return;
+        }
+        let offset = self.storage.blob_len(&hash);
+        self.outputs.push_back(Output::Transmit {
+            peer: source,
+            frame: wire::encode_frame(&Message::BlobWant(BlobWant {
+                hash,
+                offset,
+                restart,
+            })),
+        });
+    }
+
+    fn on_blob_want(&mut self, peer: NodeId, w: BlobWant) {
+        let now = self.now_ms;
+        let len = self.storage.blob_len(&w.hash);
+        if !self.blobs_complete.contains(&w.hash) || w.offset > len {
+            self.outputs.push_back(Output::Transmit {
+                peer,
+                frame: wire::encode_frame(&Message::BlobMissing { hash: w.hash }),
+            });
+            return;
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let s = p.serving.entry(w.hash).or_insert(Serve {
+            len,
+            acked: w.offset,
+            sent: w.offset,
+            last_progress_ms: now,
+        });
+        if w.restart {
+            s.sent = w.offset;
+        }
+        if w.offset >= s.acked {
+            s.acked = w.offset;
+            s.last_progress_ms = now;
+        }
+        s.sent = s.sent.max(s.acked);
+        if s.acked >= s.len {
+            p.serving.remove(&w.hash);
+        }
+        if let Err(e) = self.pump(peer) {
+            self.fail(e);
+        }
+    }
+
+    /// Sends blob chunks to `peer` within each blob's window and the cap.
+    fn pump_blobs(&mut self, peer: NodeId) -> Result<(), StorageError> {
+        let now = self.now_ms;
+        let window = BLOB_WINDOW_CHUNKS * BLOB_CHUNK_BYTES as u64;
+        loop {
+            let Some(p) = self.peers.get_mut(&peer) else {
+                return Ok(());
+            };
+            if !p.is_up() || p.paused {
+                return Ok(());
+            }
+            if let Some(b) = p.bucket.as_mut() {
+                if !b.ready(now) {
+                    return Ok(());
+                }
+            }
+            let next = p
+                .serving
+                .iter()
+                .find(|(_, s)| s.sent < s.len && s.sent < s.acked + window)
+                .map(|(h, s)| (*h, s.sent, s.len));
+            let Some((hash, offset, total_len)) = next else {
+                return Ok(());
+            };
+            let data = self.storage.blob_read(&hash, offset, BLOB_CHUNK_BYTES)?;
+            assert!(
+                !data.is_empty(),
+                "a complete blob has bytes up to its length"
+            );
+            let chunk = BlobChunk {
+                hash,
+                offset,
+                total_len,
+                crc32c: crc32c::crc32c(&data),
+                data,
+            };
+            let n = chunk.data.len() as u64;
+            let frame = wire::encode_frame(&Message::BlobChunk(chunk));
+            let Some(p) = self.peers.get_mut(&peer) else {
+                return Ok(());
+            };
+            if let Some(b) = p.bucket.as_mut() {
+                b.spend(frame.len(), now);
+            }
+            p.stats.blob_bytes_sent += n;
+            p.stats.bytes_sent += frame.len() as u64;
+            if let Some(s) = p.serving.get_mut(&hash) {
+                if s.sent == s.acked {
+                    s.last_progress_ms = now;
+                }
+                s.sent += n;
+            }
+            self.outputs.push_back(Output::Transmit { peer, frame });
+        }
+    }
+
+    fn on_blob_chunk(&mut self, peer: NodeId, c: BlobChunk) -> Result<(), SessionError> {
+        let Some(f) = self.fetches.get(&c.hash) else {
+            return Ok(()); // not (or no longer) wanted
+        };
+        let end = c.offset.checked_add(c.data.len() as u64);
+        if c.total_len != f.len || end.is_none_or(|e| e > f.len) || c.data.len() > BLOB_CHUNK_BYTES
+        {
+            return Err(SessionError::Refused(Refusal::Misbehaved));
+        }
+        let present = self.storage.blob_len(&c.hash);
+        if crc32c::crc32c(&c.data) != c.crc32c || c.offset > present {
+            // Corrupt or after a gap: ask again from what we have.
+            self.send_want(c.hash, true);
+            return Ok(());
+        }
+        if c.offset < present {
+            return Ok(()); // a duplicate
+        }
+        self.storage
+            .blob_append(&c.hash, c.offset, &c.data)
+            .map_err(|e| {
+                self.fail(e.clone());
+                SessionError::Storage(e)
+            })?;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.blob_bytes_received += c.data.len() as u64;
+        }
+        let now = self.now_ms;
+        let timeout = self.cfg.timing.ack_timeout_ms;
+        let len = match self.fetches.get_mut(&c.hash) {
+            Some(f) => {
+                f.deadline_ms = now + timeout;
+                f.len
+            }
+            None => return Ok(()),
+        };
+        if present + c.data.len() as u64 >= len {
+            self.blob_arrived(c.hash).map_err(SessionError::Storage)?;
+            self.pump_all();
+        } else {
+            self.send_want(c.hash, false);
+        }
+        Ok(())
+    }
+
+    /// Every byte of a fetched blob is here: verify it, then apply the
+    /// versions staged for it (or start over if the content is wrong).
+    fn blob_arrived(&mut self, hash: [u8; 32]) -> Result<(), StorageError> {
+        let Some(fetch) = self.fetches.get(&hash).cloned() else {
+            return Ok(());
+        };
+        if self.blob_hash(&hash, fetch.len)? != hash {
+            // Never apply it; try again later, backing off.
+            self.storage.blob_remove(&hash)?;
+            let timeout = self.cfg.timing.ack_timeout_ms;
+            let now = self.now_ms;
+            if let Some(f) = self.fetches.get_mut(&hash) {
+                f.failures = f.failures.saturating_add(1);
+                f.deadline_ms = now + (timeout << f.failures.min(8));
+            }
+            self.push_event(Event::BlobRejected {
+                from: fetch.source,
+                hash,
+            });
+            return Ok(());
+        }
+        self.blobs_complete.insert(hash);
+        let waiting = self.staged.get(&hash).cloned().unwrap_or_default();
+        let versions: Vec<Version> = waiting
+            .into_iter()
+            .filter(|v| !self.keys.get(&v.key).is_some_and(|s| s.has_seen(&v.dot)))
+            .collect();
+        let body = EntryBody::BlobReady {
+            from: fetch.source,
+            hash,
+            versions,
+        };
+        let lsn = self.append(&body)?;
+        self.staged.remove(&hash);
+        self.fetches.remove(&hash);
+        let EntryBody::BlobReady { versions, .. } = body else {
+            unreachable!()
+        };
+        self.push_backlogs(lsn, &versions, Some(fetch.source), self.now_ms);
+        for v in versions {
+            let (key, dot) = (v.key, v.dot);
+            self.hlc.observe(v.hlc);
+            let outcome = self.apply_version(v, lsn);
+            self.push_event(Event::RemoteApplied {
+                from: fetch.source,
+                key,
+                dot,
+            });
+            if let ApplyOutcome::Conflict(report) = outcome {
+                self.push_event(Event::Conflict(report));
+            }
+        }
+        Ok(())
+    }
+
+    /// BLAKE3 of a stored blob, read piece by piece (never whole in memory).
+    fn blob_hash(&self, id: &BlobId, len: u64) -> Result<[u8; 32], StorageError> {
+        let mut h = blake3::Hasher::new();
+        let mut offset = 0;
+        while offset < len {
+            let piece = self.storage.blob_read(id, offset, BLOB_VERIFY_READ_BYTES)?;
+            if piece.is_empty() {
+                break;
+            }
+            offset += piece.len() as u64;
+            h.update(&piece);
+        }
+        Ok(*h.finalize().as_bytes())
+    }
+
+    /// Fetches without progress ask again (another peer if the source is
+    /// down); serves without progress go back to what was acknowledged.
+    fn blob_timeouts(&mut self) {
+        let now = self.now_ms;
+        let timeout = self.cfg.timing.ack_timeout_ms;
+        let stale: Vec<[u8; 32]> = self
+            .fetches
+            .iter()
+            .filter(|(_, f)| f.deadline_ms <= now)
+            .map(|(h, _)| *h)
+            .collect();
+        for hash in stale {
+            let up_sources: Vec<NodeId> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.is_up() && p.cfg.receive)
+                .map(|(id, _)| *id)
+                .collect();
+            if let Some(f) = self.fetches.get_mut(&hash) {
+                f.deadline_ms = now + (timeout << f.failures.min(8));
+                if !up_sources.contains(&f.source) {
+                    if let Some(other) = up_sources.first() {
+                        f.source = *other;
+                    }
+                }
+            }
+            self.send_want(hash, true);
+        }
+        for p in self.peers.values_mut() {
+            for s in p.serving.values_mut() {
+                if s.sent > s.acked && s.last_progress_ms + timeout <= now {
+                    s.sent = s.acked;
+                    s.last_progress_ms = now;
+                }
+            }
+        }
     }
 
     /// For tests and the simulator: the raw per-peer stream state.
@@ -1350,7 +1813,9 @@ impl<S: Storage> Node<S> {
 fn within(acked: Option<Cursor>, pos: &Cursor, sent: &Cursor) -> bool {
     use std::cmp::Ordering::*;
     let after_acked = match acked {
-        Some(a) => a.replica == pos.replica && matches!(a.pos.partial_order(&pos.pos), Some(Less | Equal)),
+        Some(a) => {
+            a.replica == pos.replica && matches!(a.pos.partial_order(&pos.pos), Some(Less | Equal))
+        }
         None => true,
     };
     after_acked
@@ -1390,6 +1855,9 @@ fn push_backlog(p: &mut Peer, lsn: Lsn, versions: &[Version], from: Option<NodeI
         if p.cfg.filter.passes(&v.labels) && Some(v.dot.replica) != remote {
             n += 1;
             bytes += v.size_bytes() as u64;
+            if let Body::Live { blob: Some(b), .. } = &v.body {
+                bytes += b.len_bytes;
+            }
         }
     }
     if n > 0 {

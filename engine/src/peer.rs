@@ -2,9 +2,11 @@
 //! outbound stream (backlog, in-flight batches, bandwidth bucket) and the
 //! inbound position. Pure bookkeeping; the node drives it.
 
+use crate::blobs::Serve;
 use crate::config::PeerConfig;
 use crate::ids::{Lsn, ReplicaId};
 use crate::wire::{Cursor, FrameDecoder, Position};
+use std::collections::BTreeMap;
 use std::collections::VecDeque;
 
 /// The transport link to the peer.
@@ -115,6 +117,8 @@ pub struct Peer {
     pub recv_applied: Option<Cursor>,
     /// LSN of the local entry holding `recv_applied` (kept by trimming).
     pub recv_cursor_lsn: Lsn,
+    /// Blobs being served to the peer, by hash.
+    pub serving: BTreeMap<[u8; 32], Serve>,
     /// Counters, for status and tests.
     pub stats: PeerStats,
 }
@@ -129,6 +133,8 @@ pub struct PeerStats {
     pub versions_received: u64,
     pub resends: u64,
     pub sessions: u64,
+    pub blob_bytes_sent: u64,
+    pub blob_bytes_received: u64,
 }
 
 /// The operator's view of one peer.
@@ -165,6 +171,7 @@ impl Peer {
             recv_durable: None,
             recv_applied: None,
             recv_cursor_lsn: 0,
+            serving: BTreeMap::new(),
             stats: PeerStats::default(),
         }
     }

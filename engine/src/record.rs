@@ -116,6 +116,7 @@ impl fmt::Debug for BlobRef {
 pub enum Body {
     /// The object exists with this metadata and optional blob.
     Live {
+        #[serde(with = "serde_bytes")]
         meta: Vec<u8>,
         blob: Option<BlobRef>,
     },

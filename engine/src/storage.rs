@@ -31,21 +31,44 @@ pub enum EntryBody {
     /// A local put, delete or atomic batch.
     Local { versions: Vec<Version> },
     /// What one batch from a peer added, and the peer's cursor after it
-    /// (persisted with the data, so the two can never disagree).
+    /// (persisted with the data, so the two can never disagree). `staged`
+    /// versions wait for their blob; they are applied by a later `BlobReady`.
     Remote {
         from: NodeId,
         versions: Vec<Version>,
+        staged: Vec<Version>,
         cursor: Cursor,
+    },
+    /// A blob arrived whole and verified: the versions staged for it apply.
+    BlobReady {
+        from: NodeId,
+        hash: [u8; 32],
+        versions: Vec<Version>,
     },
 }
 
 impl EntryBody {
+    /// The versions this entry applies.
     pub fn versions(&self) -> &[Version] {
         match self {
-            EntryBody::Local { versions } | EntryBody::Remote { versions, .. } => versions,
+            EntryBody::Local { versions }
+            | EntryBody::Remote { versions, .. }
+            | EntryBody::BlobReady { versions, .. } => versions,
+        }
+    }
+
+    /// The peer the entry's versions came from (none for local writes).
+    pub fn source(&self) -> Option<NodeId> {
+        match self {
+            EntryBody::Local { .. } => None,
+            EntryBody::Remote { from, .. } | EntryBody::BlobReady { from, .. } => Some(*from),
         }
     }
 }
+
+/// Names a blob in storage: its content hash once complete, or a staging
+/// name while a local upload is in progress.
+pub type BlobId = [u8; 32];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
@@ -88,6 +111,18 @@ pub trait Storage {
     fn release(&mut self, lsn: Lsn) -> Result<(), StorageError>;
     /// The lowest retained LSN (`last_lsn() + 1` when none is retained).
     fn first_retained_lsn(&self) -> Lsn;
+
+    /// Appends bytes to a blob at `offset`, which must be its present
+    /// length. Blob bytes are durable before any later log append.
+    fn blob_append(&mut self, id: &BlobId, offset: u64, data: &[u8]) -> Result<(), StorageError>;
+    /// Bytes of the blob present (0 if none).
+    fn blob_len(&self, id: &BlobId) -> u64;
+    /// Reads `len` bytes at `offset` (fewer at the end).
+    fn blob_read(&self, id: &BlobId, offset: u64, len: usize) -> Result<Vec<u8>, StorageError>;
+    /// Renames a blob (a finished upload takes its content hash); replaces
+    /// any blob already named `to`.
+    fn blob_rename(&mut self, from: &BlobId, to: &BlobId) -> Result<(), StorageError>;
+    fn blob_remove(&mut self, id: &BlobId) -> Result<(), StorageError>;
 }
 
 /// When the in-memory storage makes appends durable.
@@ -107,6 +142,7 @@ pub struct MemStorage {
     last_lsn: Lsn,
     durable_lsn: Lsn,
     sync: MemSync,
+    blobs: BTreeMap<BlobId, Vec<u8>>,
     /// Appends and reads count here, for tests and benchmarks.
     pub appends: u64,
 }
@@ -119,6 +155,7 @@ impl MemStorage {
             last_lsn: 0,
             durable_lsn: 0,
             sync,
+            blobs: BTreeMap::new(),
             appends: 0,
         }
     }
@@ -133,6 +170,15 @@ impl MemStorage {
     pub fn crash(&mut self) {
         self.entries.retain(|lsn, _| *lsn <= self.durable_lsn);
         self.last_lsn = self.durable_lsn;
+    }
+
+    /// Flips one bit of a stored blob (fault injection for tests).
+    pub fn corrupt_blob(&mut self, id: &BlobId, offset: usize) {
+        if let Some(b) = self.blobs.get_mut(id) {
+            if let Some(byte) = b.get_mut(offset) {
+                *byte ^= 1;
+            }
+        }
     }
 
     /// Number of retained entries.
@@ -199,5 +245,40 @@ impl Storage for MemStorage {
             .next()
             .copied()
             .unwrap_or(self.last_lsn + 1)
+    }
+
+    fn blob_append(&mut self, id: &BlobId, offset: u64, data: &[u8]) -> Result<(), StorageError> {
+        let b = self.blobs.entry(*id).or_default();
+        if b.len() as u64 != offset {
+            return Err(StorageError::Io {
+                op: "blob_append",
+                detail: format!("offset {offset} is not the blob's length {}", b.len()),
+            });
+        }
+        b.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn blob_len(&self, id: &BlobId) -> u64 {
+        self.blobs.get(id).map_or(0, |b| b.len() as u64)
+    }
+
+    fn blob_read(&self, id: &BlobId, offset: u64, len: usize) -> Result<Vec<u8>, StorageError> {
+        let b = self.blobs.get(id).map(Vec::as_slice).unwrap_or_default();
+        let start = (offset as usize).min(b.len());
+        let end = start.saturating_add(len).min(b.len());
+        Ok(b[start..end].to_vec())
+    }
+
+    fn blob_rename(&mut self, from: &BlobId, to: &BlobId) -> Result<(), StorageError> {
+        if let Some(b) = self.blobs.remove(from) {
+            self.blobs.insert(*to, b);
+        }
+        Ok(())
+    }
+
+    fn blob_remove(&mut self, id: &BlobId) -> Result<(), StorageError> {
+        self.blobs.remove(id);
+        Ok(())
     }
 }

@@ -44,8 +44,14 @@ impl Position {
         match (*self, *other) {
             (Position::Log { lsn: a }, Position::Log { lsn: b }) => Some(a.cmp(&b)),
             (
-                Position::Snapshot { at_lsn: a, after: x },
-                Position::Snapshot { at_lsn: b, after: y },
+                Position::Snapshot {
+                    at_lsn: a,
+                    after: x,
+                },
+                Position::Snapshot {
+                    at_lsn: b,
+                    after: y,
+                },
             ) => (a == b).then(|| x.cmp(&y)),
             (Position::Snapshot { at_lsn, .. }, Position::Log { lsn }) => {
                 (lsn >= at_lsn).then_some(Less)
@@ -109,12 +115,39 @@ pub struct Ack {
     pub cursor: Cursor,
 }
 
+/// Receiver to sender: the blob's bytes are present up to `offset`.
+/// `restart` asks to (re)send from there (first request, gap, timeout);
+/// otherwise it acknowledges progress and opens the window further.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobWant {
+    pub hash: [u8; 32],
+    pub offset: u64,
+    pub restart: bool,
+}
+
+/// A piece of a blob, with its own checksum (CRC32C of `data`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobChunk {
+    pub hash: [u8; 32],
+    pub offset: u64,
+    pub total_len: u64,
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    pub crc32c: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     Hello(Hello),
     Refuse(Refusal),
     Batch(Batch),
     Ack(Ack),
+    BlobWant(BlobWant),
+    BlobChunk(BlobChunk),
+    /// The sender does not hold this blob whole (yet); ask again later.
+    BlobMissing {
+        hash: [u8; 32],
+    },
 }
 
 /// Why bytes could not be decoded into a message.

@@ -10,8 +10,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use recsync_engine::wire::{decode_frame, Message, FRAME_PAYLOAD_LEN_MAX};
 use recsync_engine::{
-    ClusterId, Dot, Event, Key, Labels, MemStorage, MemSync, Node, NodeConfig, NodeId, Output,
-    PeerConfig, PutRequest, Schedule, WriteError, WriteOp, WriteReceipt,
+    BlobRef, ClusterId, Dot, Event, Key, Labels, MemStorage, MemSync, Node, NodeConfig, NodeId,
+    Output, PeerConfig, PutRequest, Schedule, WriteError, WriteOp, WriteReceipt,
 };
 
 /// Where simulated time starts: 2026-01-01T00:00:00Z.
@@ -264,6 +264,32 @@ impl Cluster {
         let r = self.node_mut(i).write_batch(t, ops);
         self.drain(i);
         r
+    }
+
+    /// Uploads a blob on node `i`, in 100 KiB writes.
+    pub fn upload_blob(&mut self, i: usize, data: &[u8]) -> BlobRef {
+        let node = self.node_mut(i);
+        let mut up = node.blob_begin();
+        for piece in data.chunks(100 << 10) {
+            if let Err(e) = node.blob_write(&mut up, piece) {
+                panic!("blob upload on node {i} failed: {e}");
+            }
+        }
+        match node.blob_finish(up) {
+            Ok(b) => b,
+            Err(e) => panic!("blob upload on node {i} failed: {e}"),
+        }
+    }
+
+    /// Writes a recording with its blob on node `i`.
+    pub fn put_recording(&mut self, i: usize, key: Key, meta: &[u8], audio: &[u8]) -> WriteReceipt {
+        let blob = self.upload_blob(i, audio);
+        let mut req = put_req(key, labels("recording"), meta);
+        req.blob = Some(blob);
+        match self.try_write(i, vec![WriteOp::Put(req)]) {
+            Ok(r) => r,
+            Err(e) => panic!("put on node {i} failed: {e}"),
+        }
     }
 
     pub fn sync_now(&mut self, i: usize) {
@@ -557,7 +583,12 @@ impl Cluster {
 
     /// Whether nothing is in flight and every continuous link is caught up.
     pub fn settled(&self) -> bool {
-        self.net.in_flight() == 0 && self.pending().is_empty()
+        self.net.in_flight() == 0
+            && self.pending().is_empty()
+            && self
+                .nodes
+                .iter()
+                .all(|n| n.node.as_ref().is_none_or(|n| n.staged_versions() == 0))
     }
 
     /// (node, peer, versions) still pending on continuous links.
