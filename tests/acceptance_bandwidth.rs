@@ -43,14 +43,24 @@ fn acceptance_bandwidth_cap_holds_over_an_hour() {
         "sent {rate:.0} B/s against a cap of {cap_bytes_per_s} B/s (ratio {ratio:.3})"
     );
     // And the backlog is still there, waiting durably, not dropped.
-    let status = c.node(0).peer_status(&recsync_sim::cluster::node_id(1)).unwrap();
+    let status = c
+        .node(0)
+        .peer_status(&recsync_sim::cluster::node_id(1))
+        .unwrap();
     assert!(status.pending_versions > 0);
     // Every minute of the hour stays under the cap plus one batch.
     let mut per_minute = vec![0u64; 60];
-    for b in c.sent.iter().filter(|b| b.from == 0 && b.at_ms < t0 + hour_ms) {
+    for b in c
+        .sent
+        .iter()
+        .filter(|b| b.from == 0 && b.at_ms < t0 + hour_ms)
+    {
         per_minute[((b.at_ms - t0) / 60_000) as usize] += b.frame_bytes as u64;
     }
     for (m, bytes) in per_minute.iter().enumerate() {
-        assert!(*bytes <= cap_bytes_per_s * 60 + (8 << 10) + 4096, "minute {m}: {bytes} bytes");
+        assert!(
+            *bytes <= cap_bytes_per_s * 60 + (8 << 10) + 4096,
+            "minute {m}: {bytes} bytes"
+        );
     }
 }

@@ -89,12 +89,10 @@ fn run_case(seed: u64) -> Case {
                 c.partition(&[&left, &right]);
             }
             6..=8 => c.heal(),
-            9 => {
-                if c.is_up(i) {
-                    c.crash(i);
-                    c.run_for(rng.gen_range(0..200));
-                    c.restart(i);
-                }
+            9 if c.is_up(i) => {
+                c.crash(i);
+                c.run_for(rng.gen_range(0..200));
+                c.restart(i);
             }
             _ if c.is_up(i) => {
                 let class = if rng.gen_bool(0.7) { "user" } else { "group" };

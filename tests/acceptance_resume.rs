@@ -78,9 +78,14 @@ fn acceptance_resume_after_100_random_cuts() {
         write(&mut c, &mut lsn_of, next);
         next += 1;
     }
-    c.run_until_settled(600_000).expect("settles after the cuts");
+    c.run_until_settled(600_000)
+        .expect("settles after the cuts");
     let held: BTreeSet<u128> = c.node(1).keys().map(|(k, _)| k.0.as_u128()).collect();
-    assert_eq!(held, (0..total).collect::<BTreeSet<_>>(), "exactly every record");
+    assert_eq!(
+        held,
+        (0..total).collect::<BTreeSet<_>>(),
+        "exactly every record"
+    );
     assert!(c.digests_equal(&[0, 1]));
     // The cuts did force re-sends (the test exercised something).
     assert!(resent_total > 0);

@@ -49,14 +49,21 @@ fn acceptance_seeding_wiped_node_converges() {
     c.run_until_settled(60_000).unwrap();
     let old_replica = c.node(1).replica_id();
     c.wipe(1);
-    assert_ne!(c.node(1).replica_id(), old_replica, "a wiped node is a new replica");
+    assert_ne!(
+        c.node(1).replica_id(),
+        old_replica,
+        "a wiped node is a new replica"
+    );
     assert_eq!(c.node(1).keys().count(), 0);
     populate(&mut c, 2000);
     c.run_until_settled(120_000).unwrap();
     assert!(c.digests_equal(&[0, 1, 2]));
     // Its own pre-wipe writes came back from the others.
     let k = Key::from_u128(20);
-    assert_eq!(c.node(1).get(&k).unwrap().meta(), c.node(0).get(&k).unwrap().meta());
+    assert_eq!(
+        c.node(1).get(&k).unwrap().meta(),
+        c.node(0).get(&k).unwrap().meta()
+    );
     // And new writes on it flow out again under its new identity.
     c.put(1, Key::from_u128(9999), labels("user"), b"after wipe");
     c.run_until_settled(60_000).unwrap();

@@ -1313,14 +1313,14 @@ impl<S: Storage> Node<S> {
                     None => Bound::Unbounded,
                 };
                 let mut last_key = None;
-                let mut visited = 0;
                 let mut done = true;
-                for (key, state) in self.keys.range((lower, Bound::Unbounded)) {
+                for (visited, (key, state)) in
+                    self.keys.range((lower, Bound::Unbounded)).enumerate()
+                {
                     if full(versions.len(), bytes) || visited >= SNAPSHOT_KEYS_PER_BATCH_MAX {
                         done = false;
                         break;
                     }
-                    visited += 1;
                     last_key = Some(*key);
                     for s in state.siblings.iter().filter(|s| wanted(&s.version)) {
                         bytes += s.version.size_bytes();
@@ -1877,5 +1877,107 @@ impl PeerConfig {
     pub fn with_schedule(mut self, schedule: Schedule) -> Self {
         self.schedule = schedule;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{MemStorage, MemSync};
+    use crate::wire::decode_frame;
+
+    const T0: u64 = 1_767_225_600_000;
+
+    fn a_with_peer_b(f: impl FnOnce(&mut NodeConfig)) -> Node<MemStorage> {
+        let mut cfg = NodeConfig::new(NodeId::from_u128(1), ClusterId::from_u128(9), &["user"]);
+        cfg.peers.push(PeerConfig::two_way(NodeId::from_u128(2)));
+        f(&mut cfg);
+        Node::open(cfg, MemStorage::new(MemSync::Immediate), T0, 1).unwrap()
+    }
+
+    fn b() -> NodeId {
+        NodeId::from_u128(2)
+    }
+
+    fn messages(n: &mut Node<MemStorage>) -> Vec<Output> {
+        std::iter::from_fn(|| n.poll_output()).collect()
+    }
+
+    fn batch_in(out: &Output) -> Option<Batch> {
+        match out {
+            Output::Transmit { frame, .. } => match decode_frame(frame, u32::MAX) {
+                Ok((Message::Batch(b), _)) => Some(b),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Regression (found by acceptance_convergence, seed range 0..1000): a
+    /// lost Hello left both sides handshaking forever.
+    #[test]
+    fn stalled_handshake_is_dropped_and_retried() {
+        let mut a = a_with_peer_b(|_| {});
+        a.handle_connected(T0, b());
+        let _ = messages(&mut a);
+        let deadline = a.poll_timeout().unwrap();
+        assert!(deadline <= T0 + a.config().timing.ack_timeout_ms);
+        a.handle_timeout(deadline);
+        assert!(messages(&mut a).contains(&Output::Close { peer: b() }));
+        // ... and a reconnect is asked for after the backoff.
+        let retry = a.poll_timeout().unwrap();
+        a.handle_timeout(retry);
+        assert!(messages(&mut a).contains(&Output::Connect { peer: b() }));
+    }
+
+    /// Regression (acceptance_convergence seed 0): after a go-back the
+    /// receiver stood at a position that was not the end of any batch in
+    /// flight; its acks were ignored and the session livelocked.
+    #[test]
+    fn ack_between_batch_boundaries_goes_back_to_it() {
+        let mut a = a_with_peer_b(|c| {
+            c.limits.send_batch_versions_max = 2;
+            c.peers[0].schedule = Schedule::Continuous { linger_ms: 0 };
+        });
+        for k in 0..3u128 {
+            let req = PutRequest {
+                key: Key::from_u128(k),
+                labels: Labels::parse("user", "t", "g").unwrap(),
+                meta: vec![1],
+                blob: None,
+            };
+            a.put(T0, req).unwrap();
+        }
+        a.handle_connected(T0, b());
+        let _ = messages(&mut a);
+        let mine = a.replica_id();
+        let log = |lsn| Cursor {
+            replica: mine,
+            pos: Position::Log { lsn },
+        };
+        let hello = Hello {
+            cluster: ClusterId::from_u128(9),
+            node: b(),
+            replica: ReplicaId::from_u128(22),
+            receive: Some(Some(log(0))),
+        };
+        a.handle_bytes(T0, b(), &wire::encode_frame(&Message::Hello(hello)))
+            .unwrap();
+        let sent: Vec<Batch> = messages(&mut a).iter().filter_map(batch_in).collect();
+        assert_eq!(
+            sent.iter().map(|b| b.next).collect::<Vec<_>>(),
+            vec![log(2), log(3)]
+        );
+        // The receiver says it stands at 1: not a boundary of what is in flight.
+        let ack = Message::Ack(Ack { cursor: log(1) });
+        a.handle_bytes(T0 + 1, b(), &wire::encode_frame(&ack))
+            .unwrap();
+        let resent: Vec<Batch> = messages(&mut a).iter().filter_map(batch_in).collect();
+        assert_eq!(
+            resent.first().map(|b| b.prev),
+            Some(log(1)),
+            "goes back to where B stands"
+        );
+        assert_eq!(a.peer_acked(&b()), Some(log(1)));
     }
 }
