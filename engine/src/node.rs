@@ -236,6 +236,7 @@ impl<S: Storage> Node<S> {
                     cluster: cfg.cluster,
                     replica: ReplicaId(uuid::Builder::from_random_bytes(rng.gen()).into_uuid()),
                     counters_reserved: 0,
+                    peer_acked: BTreeMap::new(),
                 };
                 storage.store_meta(&meta)?;
                 meta
@@ -252,6 +253,15 @@ impl<S: Storage> Node<S> {
             })
             .collect();
         let next_trim_ms = now_ms + cfg.timing.trim_interval_ms;
+        let mut peers: BTreeMap<NodeId, Peer> = peers;
+        for (id, lsn) in &meta.peer_acked {
+            if let Some(p) = peers.get_mut(id) {
+                p.acked = Some(Cursor {
+                    replica: meta.replica,
+                    pos: Position::Log { lsn: *lsn },
+                });
+            }
+        }
         let mut node = Self {
             counter: meta.counters_reserved,
             cfg,
@@ -638,6 +648,7 @@ impl<S: Storage> Node<S> {
             return;
         };
         p.decoder = wire::FrameDecoder::new(self.cfg.limits.frame_payload_len_max);
+        p.partial_since_ms = None;
         p.out = None;
         p.link = Link::Handshaking {
             since_ms: self.now_ms,
@@ -687,6 +698,7 @@ impl<S: Storage> Node<S> {
         p.reconnect_attempt = p.reconnect_attempt.saturating_add(1);
         p.out = None;
         p.serving.clear();
+        p.partial_since_ms = None;
         self.gated.retain(|g| g.peer != peer);
         if let (true, Some(why)) = (was_up, why) {
             self.push_event(Event::PeerDown { peer, why });
@@ -733,7 +745,14 @@ impl<S: Storage> Node<S> {
                 return Ok(());
             }
             match p.decoder.next_message() {
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    p.partial_since_ms = match (p.decoder.buffered_len(), p.partial_since_ms) {
+                        (0, _) => None,
+                        (_, Some(t)) => Some(t),
+                        (_, None) => Some(self.now_ms),
+                    };
+                    return Ok(());
+                }
                 Ok(Some(msg)) => self.handle_message(peer, msg)?,
                 Err(e) => {
                     self.refuse(
@@ -910,8 +929,23 @@ impl<S: Storage> Node<S> {
         if b.versions.iter().any(|v| v.dot.counter == 0) {
             return Err(SessionError::Refused(Refusal::Misbehaved));
         }
-        let fresh_start = matches!(b.prev.pos, Position::Snapshot { after: None, .. })
-            && p.recv_applied.is_none_or(|c| c.replica != remote_replica);
+        // The sender may always (re)seed us with a snapshot that starts
+        // beyond where we stand (we are new, wiped, or were restored from a
+        // backup); an older snapshot start is a stale duplicate.
+        let fresh_start = match (b.prev.pos, p.recv_applied) {
+            (Position::Snapshot { after: None, .. }, None) => true,
+            (
+                Position::Snapshot {
+                    after: None,
+                    at_lsn,
+                },
+                Some(c),
+            ) => {
+                c.replica != remote_replica
+                    || matches!(c.pos, Position::Log { lsn } if lsn < at_lsn)
+            }
+            _ => false,
+        };
         if Some(b.prev) != p.recv_applied && !fresh_start {
             // Out of sequence (lost, duplicated or reordered): ignore, and
             // repeat where we stand so the sender can go back.
@@ -1067,6 +1101,11 @@ impl<S: Storage> Node<S> {
                 Link::Handshaking { since_ms } if since_ms + ack_timeout <= now => {
                     stalled.push(*id);
                 }
+                Link::Up { .. } if p.partial_since_ms.is_some_and(|t| t + ack_timeout <= now) => {
+                    // Part of a frame has waited too long for the rest: the
+                    // stream is desynchronised (or the peer hung mid-frame).
+                    stalled.push(*id);
+                }
                 _ => {}
             }
             if let (Some(out), Some(acked)) = (p.out.as_mut(), p.acked) {
@@ -1106,6 +1145,9 @@ impl<S: Storage> Node<S> {
                 Link::Down { retry_at_ms } => t = t.min(retry_at_ms),
                 Link::Handshaking { since_ms } => t = t.min(since_ms + ack_timeout),
                 _ => {}
+            }
+            if let Some(since) = p.partial_since_ms {
+                t = t.min(since + ack_timeout);
             }
             if let Some(f) = p.out.as_ref().and_then(|o| o.inflight.front()) {
                 t = t.min(f.sent_at_ms + ack_timeout);
@@ -1377,6 +1419,7 @@ impl<S: Storage> Node<S> {
             .min()
             .unwrap_or(Lsn::MAX);
         let keep_cursor: BTreeSet<Lsn> = self.peers.values().map(|p| p.recv_cursor_lsn).collect();
+        self.persist_peer_acked()?;
         let mut released = 0;
         let mut from = self.storage.first_retained_lsn();
         loop {
@@ -1781,6 +1824,30 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// Records every peer's acknowledged position durably (before entries
+    /// it covers are released).
+    fn persist_peer_acked(&mut self) -> Result<(), StorageError> {
+        let mine = self.meta.replica;
+        let acked: BTreeMap<NodeId, Lsn> = self
+            .peers
+            .iter()
+            .filter_map(|(id, p)| match p.acked {
+                Some(Cursor {
+                    replica,
+                    pos: Position::Log { lsn },
+                }) if replica == mine => Some((*id, lsn)),
+                _ => None,
+            })
+            .collect();
+        if acked != self.meta.peer_acked {
+            let mut meta = self.meta.clone();
+            meta.peer_acked = acked;
+            self.storage.store_meta(&meta)?;
+            self.meta = meta;
+        }
+        Ok(())
+    }
+
     /// For tests and the simulator: the raw per-peer stream state.
     pub fn peer_acked(&self, peer: &NodeId) -> Option<Cursor> {
         self.peers.get(peer).and_then(|p| p.acked)
@@ -1928,6 +1995,31 @@ mod tests {
         let retry = a.poll_timeout().unwrap();
         a.handle_timeout(retry);
         assert!(messages(&mut a).contains(&Output::Connect { peer: b() }));
+    }
+
+    /// Regression (found by acceptance_bad_frames): a 4-byte frame prefix
+    /// made the next real frame's bytes read as a huge length; the session
+    /// looked up but waited forever.
+    #[test]
+    fn partial_frame_that_never_completes_closes_the_session() {
+        let mut a = a_with_peer_b(|_| {});
+        a.handle_connected(T0, b());
+        let hello = Hello {
+            cluster: ClusterId::from_u128(9),
+            node: b(),
+            replica: ReplicaId::from_u128(22),
+            receive: None,
+        };
+        a.handle_bytes(T0, b(), &wire::encode_frame(&Message::Hello(hello)))
+            .unwrap();
+        assert!(a.peer_status(&b()).unwrap().connected);
+        a.handle_bytes(T0 + 1, b(), b"RS\x01\x00").unwrap();
+        let _ = messages(&mut a);
+        let deadline = a.poll_timeout().unwrap();
+        assert!(deadline <= T0 + 1 + a.config().timing.ack_timeout_ms);
+        a.handle_timeout(deadline);
+        assert!(messages(&mut a).contains(&Output::Close { peer: b() }));
+        assert!(!a.peer_status(&b()).unwrap().connected);
     }
 
     /// Regression (acceptance_convergence seed 0): after a go-back the

@@ -100,6 +100,8 @@ pub struct Peer {
     pub cfg: PeerConfig,
     pub link: Link,
     pub decoder: FrameDecoder,
+    /// Since when part of a frame waits in the decoder.
+    pub partial_since_ms: Option<u64>,
     pub reconnect_attempt: u32,
     /// Entries with something for the peer, after what it acknowledged.
     pub backlog: VecDeque<BacklogItem>,
@@ -146,6 +148,8 @@ pub struct PeerStatus {
     pub pending_bytes: u64,
     pub oldest_pending_age_ms: Option<u64>,
     pub last_success_ms: Option<u64>,
+    /// A snapshot (seeding or anti-entropy) is being streamed to the peer.
+    pub seeding: bool,
     pub stats: PeerStats,
 }
 
@@ -160,6 +164,7 @@ impl Peer {
                 retry_at_ms: now_ms,
             },
             decoder: FrameDecoder::new(frame_payload_len_max),
+            partial_since_ms: None,
             reconnect_attempt: 0,
             backlog: VecDeque::new(),
             acked: None,
@@ -200,6 +205,10 @@ impl Peer {
                 .front()
                 .map(|b| now_ms.saturating_sub(b.written_at_ms)),
             last_success_ms: self.last_success_ms,
+            seeding: self.out.as_ref().is_some_and(|o| {
+                matches!(o.sent.pos, Position::Snapshot { .. })
+                    || matches!(self.acked, Some(c) if matches!(c.pos, Position::Snapshot { .. }))
+            }),
             stats: self.stats,
         }
     }

@@ -23,6 +23,11 @@ pub struct NodeMeta {
     /// Dot counters up to this value may have been handed out; a restart
     /// continues above it, so no dot is reused even if the log tail is lost.
     pub counters_reserved: u64,
+    /// For each peer, the position in our log it had acknowledged when we
+    /// last released entries. A peer asking to resume from before it is
+    /// treated as rolled back (restored from a backup) and re-seeded by
+    /// snapshot, since the entries in between may be gone.
+    pub peer_acked: BTreeMap<NodeId, Lsn>,
 }
 
 /// One log entry's content.

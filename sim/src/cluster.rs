@@ -376,6 +376,22 @@ impl Cluster {
         self.start(i, MemStorage::new(self.sync));
     }
 
+    /// A copy of node `i`'s storage as it is now (an operator's backup).
+    pub fn backup(&self, i: usize) -> MemStorage {
+        let mut s = self.node(i).storage().clone();
+        s.sync();
+        s
+    }
+
+    /// Stops node `i` and starts it again on a backup taken earlier.
+    pub fn restore(&mut self, i: usize, backup: MemStorage) {
+        if self.is_up(i) {
+            self.crash(i);
+        }
+        self.nodes[i].parked = None;
+        self.start(i, backup);
+    }
+
     /// Replaces node `i`'s configuration (a restart with the new config).
     pub fn reconfigure(&mut self, i: usize, f: impl FnOnce(&mut NodeConfig)) {
         f(&mut self.nodes[i].cfg);
@@ -605,7 +621,7 @@ impl Cluster {
                     continue;
                 }
                 if let Some(s) = node.peer_status(&p.node) {
-                    if s.pending_versions > 0 || !s.connected {
+                    if s.pending_versions > 0 || !s.connected || s.seeding {
                         out.push((i, j, s.pending_versions));
                     }
                 }
