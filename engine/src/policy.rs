@@ -1,9 +1,11 @@
 //! Conflict policies and the deterministic winner they pick.
 //!
-//! Every automatic policy is a *total order* over versions, and the winner of
-//! a conflict is the greatest version under it. Because "greatest" is
-//! associative and commutative, losers can be discarded as soon as they lose
-//! and every node still ends on the same winner, whatever the arrival order.
+//! Every automatic policy is a *total order* over versions; the visible
+//! winner of a key is the greatest of its standing siblings under it. The
+//! siblings themselves are never discarded by a policy (see keystate.rs: the
+//! frontier is a function of the set of versions applied, and picking the
+//! maximum of a set is order-independent), so every node shows the same
+//! winner whatever the arrival order, for `priority` as for last-writer-wins.
 
 use crate::ids::NodeId;
 use crate::record::Version;
