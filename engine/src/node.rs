@@ -31,7 +31,7 @@ use crate::peer::{backoff_ms, BacklogItem, Inflight, Link, Outbound, Peer, PeerS
 use crate::policy::{ConflictPolicy, Resolution};
 use crate::record::{BlobRef, Body, Labels, Version};
 use crate::schedule::Schedule;
-use crate::storage::{BlobId, EntryBody, NodeMeta, Storage, StorageError};
+use crate::storage::{BlobId, EntryBody, LogEntry, NodeMeta, Storage, StorageError};
 use crate::wire::{
     self, Ack, Batch, BlobChunk, BlobWant, Cursor, FrameError, Hello, Message, Position, Refusal,
 };
@@ -289,49 +289,44 @@ impl<S: Storage> Node<S> {
 
     /// Rebuilds keys, cursors and backlogs from the retained log.
     fn replay(&mut self) -> Result<(), StorageError> {
-        let mut from = self.storage.first_retained_lsn();
-        loop {
-            let chunk = self.storage.scan(from, 4096)?;
-            let Some(last) = chunk.last() else { break };
-            from = last.lsn + 1;
-            for entry in chunk {
-                let versions = entry.body.versions();
-                if let EntryBody::Remote { from, staged, .. } = &entry.body {
-                    for v in staged {
-                        self.stage(*from, v.clone());
-                    }
-                }
-                if let EntryBody::BlobReady { hash, .. } = &entry.body {
-                    self.staged.remove(hash);
-                    self.fetches.remove(hash);
-                }
-                for v in versions {
-                    if let Body::Live { blob: Some(b), .. } = &v.body {
-                        self.blobs_complete.insert(b.hash);
-                    }
-                    self.hlc.observe(v.hlc);
-                    if v.dot.replica == self.meta.replica {
-                        self.counter = self.counter.max(v.dot.counter);
-                    }
-                    let cfg = &self.cfg;
-                    self.keys
-                        .entry(v.key)
-                        .or_default()
-                        .apply(v.clone(), entry.lsn, |v| policy_of(cfg, v));
-                }
-                if let EntryBody::Remote { from, cursor, .. } = &entry.body {
-                    if let Some(p) = self.peers.get_mut(from) {
-                        p.recv_applied = Some(*cursor);
-                        p.recv_durable = Some(*cursor);
-                        p.recv_cursor_lsn = entry.lsn;
-                    }
-                }
-                let from_peer = entry.body.source();
-                let at = versions.iter().map(|v| v.hlc.wall_ms).max().unwrap_or(0);
-                self.push_backlogs(entry.lsn, versions, from_peer, at);
+        let first = self.storage.first_retained_lsn();
+        self.for_each_entry(first, Self::replay_entry)
+    }
+
+    fn replay_entry(&mut self, entry: LogEntry) {
+        let versions = entry.body.versions();
+        if let EntryBody::Remote { from, staged, .. } = &entry.body {
+            for v in staged {
+                self.stage(*from, v.clone());
             }
         }
-        Ok(())
+        if let EntryBody::BlobReady { hash, .. } = &entry.body {
+            self.staged.remove(hash);
+            self.fetches.remove(hash);
+        }
+        for v in versions {
+            if let Body::Live { blob: Some(b), .. } = &v.body {
+                self.blobs_complete.insert(b.hash);
+            }
+            self.hlc.observe(v.hlc);
+            if v.dot.replica == self.meta.replica {
+                self.counter = self.counter.max(v.dot.counter);
+            }
+            let cfg = &self.cfg;
+            self.keys
+                .entry(v.key)
+                .or_default()
+                .apply(v.clone(), entry.lsn, |v| policy_of(cfg, v));
+        }
+        if let EntryBody::Remote { from, cursor, .. } = &entry.body {
+            if let Some(p) = self.peers.get_mut(from) {
+                p.recv_applied = Some(*cursor);
+                p.recv_durable = Some(*cursor);
+                p.recv_cursor_lsn = entry.lsn;
+            }
+        }
+        let at = versions.iter().map(|v| v.hlc.wall_ms).max().unwrap_or(0);
+        self.push_backlogs(entry.lsn, versions, entry.body.source(), at);
     }
 
     // ----- queries -------------------------------------------------------
@@ -894,26 +889,18 @@ impl<S: Storage> Node<S> {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.backlog.clear();
         }
-        let mut from = after_lsn + 1;
-        loop {
-            let chunk = self.storage.scan(from, 4096)?;
-            let Some(last) = chunk.last() else { break };
-            from = last.lsn + 1;
-            for e in chunk {
-                let src = e.body.source();
-                let at = e
-                    .body
-                    .versions()
-                    .iter()
-                    .map(|v| v.hlc.wall_ms)
-                    .max()
-                    .unwrap_or(0);
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    push_backlog(p, e.lsn, e.body.versions(), src, at);
-                }
+        self.for_each_entry(after_lsn + 1, |node, e| {
+            let at = e
+                .body
+                .versions()
+                .iter()
+                .map(|v| v.hlc.wall_ms)
+                .max()
+                .unwrap_or(0);
+            if let Some(p) = node.peers.get_mut(&peer) {
+                push_backlog(p, e.lsn, e.body.versions(), e.body.source(), at);
             }
-        }
-        Ok(())
+        })
     }
 
     fn on_batch(&mut self, peer: NodeId, b: Batch) -> Result<(), SessionError> {
@@ -994,28 +981,7 @@ impl<S: Storage> Node<S> {
             p.stats.batches_received += 1;
             p.stats.versions_received += versions.len() as u64;
         }
-        for v in versions {
-            let (key, dot) = (v.key, v.dot);
-            self.hlc.observe(v.hlc);
-            match self.apply_version(v, lsn) {
-                ApplyOutcome::Ignored => {
-                    unreachable!("filtered to versions not seen")
-                }
-                ApplyOutcome::Applied => self.push_event(Event::RemoteApplied {
-                    from: peer,
-                    key,
-                    dot,
-                }),
-                ApplyOutcome::Conflict(report) => {
-                    self.push_event(Event::RemoteApplied {
-                        from: peer,
-                        key,
-                        dot,
-                    });
-                    self.push_event(Event::Conflict(report));
-                }
-            }
-        }
+        self.apply_remote(peer, versions, lsn);
         self.gate_ack(lsn, peer, Some(b.next));
         self.release_gated();
         self.pump_all();
@@ -1217,6 +1183,44 @@ impl<S: Storage> Node<S> {
             .entry(v.key)
             .or_default()
             .apply(v, lsn, |v| policy_of(cfg, v))
+    }
+
+    /// Applies versions received from `from` (logged at `lsn`, all unseen
+    /// here) and reports each, and each conflict, to the application.
+    fn apply_remote(&mut self, from: NodeId, versions: Vec<Version>, lsn: Lsn) {
+        for v in versions {
+            let (key, dot) = (v.key, v.dot);
+            self.hlc.observe(v.hlc);
+            let outcome = self.apply_version(v, lsn);
+            assert_ne!(
+                outcome,
+                ApplyOutcome::Ignored,
+                "only unseen versions are applied"
+            );
+            self.push_event(Event::RemoteApplied { from, key, dot });
+            if let ApplyOutcome::Conflict(report) = outcome {
+                self.push_event(Event::Conflict(report));
+            }
+        }
+    }
+
+    /// Calls `f` on every retained log entry from `from` on, in order.
+    fn for_each_entry(
+        &mut self,
+        from: Lsn,
+        mut f: impl FnMut(&mut Self, LogEntry),
+    ) -> Result<(), StorageError> {
+        let mut from = from;
+        loop {
+            let chunk = self.storage.scan(from, 4096)?;
+            let Some(last) = chunk.last() else {
+                return Ok(());
+            };
+            from = last.lsn + 1;
+            for entry in chunk {
+                f(self, entry);
+            }
+        }
     }
 
     /// Adds an entry to the backlog of every peer it has something for.
@@ -1755,19 +1759,7 @@ impl<S: Storage> Node<S> {
             unreachable!()
         };
         self.push_backlogs(lsn, &versions, Some(fetch.source), self.now_ms);
-        for v in versions {
-            let (key, dot) = (v.key, v.dot);
-            self.hlc.observe(v.hlc);
-            let outcome = self.apply_version(v, lsn);
-            self.push_event(Event::RemoteApplied {
-                from: fetch.source,
-                key,
-                dot,
-            });
-            if let ApplyOutcome::Conflict(report) = outcome {
-                self.push_event(Event::Conflict(report));
-            }
-        }
+        self.apply_remote(fetch.source, versions, lsn);
         Ok(())
     }
 
