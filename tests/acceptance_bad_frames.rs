@@ -140,6 +140,7 @@ fn message(rng: &mut ChaCha8Rng) -> Message {
                 1 => Some(None),
                 _ => Some(Some(cursor(rng))),
             },
+            lost_own_counters: rng.gen_bool(0.5).then(|| (rng.gen(), rng.gen())),
         }),
         1 => Message::Batch(Batch {
             prev: cursor(rng),

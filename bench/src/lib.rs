@@ -136,6 +136,7 @@ impl Receiver {
             node: SENDER,
             replica: SENDER_REPLICA,
             receive: None,
+            lost_own_counters: None,
         }));
         r.feed(&hello);
         r

@@ -201,6 +201,10 @@ pub struct Node<S: Storage> {
     staged: BTreeMap<[u8; 32], Vec<Version>>,
     /// Blobs being fetched for staged versions.
     fetches: BTreeMap<[u8; 32], Fetch>,
+    /// The highest dot counter applied here, per replica.
+    replica_max: BTreeMap<ReplicaId, u64>,
+    /// Own dot counters this incarnation may have lost (see `Hello`).
+    lost_own_counters: Option<(u64, u64)>,
 }
 
 impl<S: Storage> Node<S> {
@@ -236,6 +240,7 @@ impl<S: Storage> Node<S> {
                     cluster: cfg.cluster,
                     replica: ReplicaId(uuid::Builder::from_random_bytes(rng.gen()).into_uuid()),
                     counters_reserved: 0,
+                    lsns_reserved: 0,
                     peer_acked: BTreeMap::new(),
                 };
                 storage.store_meta(&meta)?;
@@ -281,8 +286,23 @@ impl<S: Storage> Node<S> {
             blobs_complete: BTreeSet::new(),
             staged: BTreeMap::new(),
             fetches: BTreeMap::new(),
+            replica_max: BTreeMap::new(),
+            lost_own_counters: None,
         };
         node.replay()?;
+        let own_max = node
+            .replica_max
+            .get(&node.meta.replica)
+            .copied()
+            .unwrap_or(0);
+        if node.meta.counters_reserved > own_max {
+            node.lost_own_counters = Some((own_max, node.meta.counters_reserved));
+        }
+        // Entries peers may have seen and a crash lost: never reuse their
+        // positions.
+        if node.storage.last_lsn() < node.meta.lsns_reserved {
+            node.storage.skip_to(node.meta.lsns_reserved)?;
+        }
         node.finish_present_fetches()?;
         Ok(node)
     }
@@ -312,6 +332,7 @@ impl<S: Storage> Node<S> {
             if v.dot.replica == self.meta.replica {
                 self.counter = self.counter.max(v.dot.counter);
             }
+            note_max(&mut self.replica_max, &v.dot);
             let cfg = &self.cfg;
             self.keys
                 .entry(v.key)
@@ -535,6 +556,19 @@ impl<S: Storage> Node<S> {
         Ok(())
     }
 
+    /// Makes sure log positions up to `lsn` are durably reserved before an
+    /// entry at `lsn` leaves this node.
+    fn reserve_lsns(&mut self, lsn: Lsn) -> Result<(), StorageError> {
+        if lsn <= self.meta.lsns_reserved {
+            return Ok(());
+        }
+        let mut meta = self.meta.clone();
+        meta.lsns_reserved = lsn + self.cfg.timing.counter_block;
+        self.storage.store_meta(&meta)?;
+        self.meta = meta;
+        Ok(())
+    }
+
     /// Makes sure `n` more dot counters are durably reserved.
     fn reserve_counters(&mut self, n: u64) -> Result<(), StorageError> {
         if self.counter + n <= self.meta.counters_reserved {
@@ -654,6 +688,7 @@ impl<S: Storage> Node<S> {
             node: hello_base.1,
             replica,
             receive: p.cfg.receive.then_some(p.recv_applied),
+            lost_own_counters: self.lost_own_counters.filter(|_| !p.echo_done),
         };
         self.outputs.push_back(Output::Transmit {
             peer,
@@ -816,8 +851,23 @@ impl<S: Storage> Node<S> {
             remote_replica: h.replica,
         };
         p.reconnect_attempt = 0;
+        // Holding a standing version the peer wrote and lost (a crash cut
+        // its log tail after the write left it): seed it with a snapshot
+        // that gives those back.
+        let lost = h.lost_own_counters.filter(|&(lo, hi)| {
+            self.keys.values().any(|k| {
+                k.siblings.iter().any(|s| {
+                    let d = s.version.dot;
+                    d.replica == h.replica && lo < d.counter && d.counter <= hi
+                })
+            })
+        });
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return Err(SessionError::UnknownPeer(peer));
+        };
+        p.echo_range = lost;
         if let (true, Some(resume)) = (p.cfg.send, h.receive) {
-            self.start_outbound(peer, resume)?;
+            self.start_outbound(peer, if lost.is_some() { None } else { resume })?;
         }
         self.push_event(Event::PeerUp { peer });
         let wanted: Vec<[u8; 32]> = self
@@ -929,7 +979,7 @@ impl<S: Storage> Node<S> {
                 Some(c),
             ) => {
                 c.replica != remote_replica
-                    || matches!(c.pos, Position::Log { lsn } if lsn < at_lsn)
+                    || matches!(c.pos, Position::Log { lsn } if lsn <= at_lsn)
             }
             _ => false,
         };
@@ -976,6 +1026,11 @@ impl<S: Storage> Node<S> {
         let at = self.now_ms;
         self.push_backlogs(lsn, &versions, Some(peer), at);
         if let Some(p) = self.peers.get_mut(&peer) {
+            if matches!(b.next.pos, Position::Log { .. })
+                && matches!(b.prev.pos, Position::Snapshot { .. })
+            {
+                p.echo_done = true;
+            }
             p.recv_applied = Some(b.next);
             p.recv_cursor_lsn = lsn;
             p.stats.batches_received += 1;
@@ -1021,6 +1076,14 @@ impl<S: Storage> Node<S> {
                 p.acked = Some(a.cursor);
                 p.last_success_ms = Some(now);
                 p.pop_acked(&a.cursor);
+            }
+        } else if !stale(p.acked, &a.cursor) {
+            // The receiver durably stands somewhere this stream cannot
+            // continue from (it restarted a snapshot, or we did): its
+            // position is the truth; resume from there.
+            p.stats.resends += 1;
+            if let Err(SessionError::Storage(e)) = self.start_outbound(peer, Some(a.cursor)) {
+                self.fail(e);
             }
         }
         self.pump_all();
@@ -1178,6 +1241,7 @@ impl<S: Storage> Node<S> {
     }
 
     fn apply_version(&mut self, v: Version, lsn: Lsn) -> ApplyOutcome {
+        note_max(&mut self.replica_max, &v.dot);
         let cfg = &self.cfg;
         self.keys
             .entry(v.key)
@@ -1313,6 +1377,11 @@ impl<S: Storage> Node<S> {
             }
             let sent = out.sent;
             let batch = self.build_batch(peer, sent, remote_replica, upto)?;
+            let shipped_upto = match batch.next.pos {
+                Position::Log { lsn } => lsn,
+                Position::Snapshot { at_lsn, .. } => self.storage.last_lsn().max(at_lsn),
+            };
+            self.reserve_lsns(shipped_upto)?;
             let frame = wire::encode_frame(&Message::Batch(batch.clone()));
             let Some(p) = self.peers.get_mut(&peer) else {
                 return Ok(());
@@ -1347,6 +1416,12 @@ impl<S: Storage> Node<S> {
         };
         let limits = &self.cfg.limits;
         let wanted = |v: &Version| v.dot.replica != remote && p.cfg.filter.passes(&v.labels);
+        let echo = p.echo_range;
+        let wanted_in_snapshot = |v: &Version| {
+            p.cfg.filter.passes(&v.labels)
+                && (v.dot.replica != remote
+                    || echo.is_some_and(|(lo, hi)| lo < v.dot.counter && v.dot.counter <= hi))
+        };
         let mut versions = Vec::new();
         let mut bytes = 0usize;
         let full = |n: usize, b: usize| {
@@ -1368,7 +1443,11 @@ impl<S: Storage> Node<S> {
                         break;
                     }
                     last_key = Some(*key);
-                    for s in state.siblings.iter().filter(|s| wanted(&s.version)) {
+                    for s in state
+                        .siblings
+                        .iter()
+                        .filter(|s| wanted_in_snapshot(&s.version))
+                    {
                         bytes += s.version.size_bytes();
                         versions.push(s.version.clone());
                     }
@@ -1868,6 +1947,14 @@ impl<S: Storage> Node<S> {
     }
 }
 
+/// Whether an acknowledgement is older than what was already acknowledged.
+fn stale(acked: Option<Cursor>, pos: &Cursor) -> bool {
+    use std::cmp::Ordering::*;
+    acked.is_some_and(|a| {
+        a.replica == pos.replica && matches!(pos.pos.partial_order(&a.pos), Some(Less | Equal))
+    })
+}
+
 /// Whether `pos` lies between what was acknowledged and what was sent.
 fn within(acked: Option<Cursor>, pos: &Cursor, sent: &Cursor) -> bool {
     use std::cmp::Ordering::*;
@@ -1880,6 +1967,11 @@ fn within(acked: Option<Cursor>, pos: &Cursor, sent: &Cursor) -> bool {
     after_acked
         && sent.replica == pos.replica
         && matches!(pos.pos.partial_order(&sent.pos), Some(Less | Equal))
+}
+
+fn note_max(m: &mut BTreeMap<ReplicaId, u64>, dot: &Dot) {
+    let e = m.entry(dot.replica).or_insert(0);
+    *e = (*e).max(dot.counter);
 }
 
 fn policy_of<'a>(cfg: &'a NodeConfig, v: &Version) -> &'a ConflictPolicy {
@@ -2001,6 +2093,7 @@ mod tests {
             node: b(),
             replica: ReplicaId::from_u128(22),
             receive: None,
+            lost_own_counters: None,
         };
         a.handle_bytes(T0, b(), &wire::encode_frame(&Message::Hello(hello)))
             .unwrap();
@@ -2044,6 +2137,7 @@ mod tests {
             node: b(),
             replica: ReplicaId::from_u128(22),
             receive: Some(Some(log(0))),
+            lost_own_counters: None,
         };
         a.handle_bytes(T0, b(), &wire::encode_frame(&Message::Hello(hello)))
             .unwrap();

@@ -119,6 +119,12 @@ pub struct Peer {
     pub recv_applied: Option<Cursor>,
     /// LSN of the local entry holding `recv_applied` (kept by trimming).
     pub recv_cursor_lsn: Lsn,
+    /// While seeding a peer that lost its own writes: its own versions with
+    /// counters in this range are sent back to it.
+    pub echo_range: Option<(u64, u64)>,
+    /// This node's lost own writes were seeded back by the peer (or the
+    /// peer's snapshot covered them): stop asking.
+    pub echo_done: bool,
     /// Blobs being served to the peer, by hash.
     pub serving: BTreeMap<[u8; 32], Serve>,
     /// Counters, for status and tests.
@@ -176,6 +182,8 @@ impl Peer {
             recv_durable: None,
             recv_applied: None,
             recv_cursor_lsn: 0,
+            echo_range: None,
+            echo_done: false,
             serving: BTreeMap::new(),
             stats: PeerStats::default(),
         }

@@ -23,6 +23,10 @@ pub struct NodeMeta {
     /// Dot counters up to this value may have been handed out; a restart
     /// continues above it, so no dot is reused even if the log tail is lost.
     pub counters_reserved: u64,
+    /// Log positions up to this may have been shipped to peers. A restart
+    /// continues the log above it, so a position a peer saw is never reused
+    /// for another entry, even if the entries themselves were lost.
+    pub lsns_reserved: Lsn,
     /// For each peer, the position in our log it had acknowledged when we
     /// last released entries. A peer asking to resume from before it is
     /// treated as rolled back (restored from a backup) and re-seeded by
@@ -116,6 +120,9 @@ pub trait Storage {
     fn release(&mut self, lsn: Lsn) -> Result<(), StorageError>;
     /// The lowest retained LSN (`last_lsn() + 1` when none is retained).
     fn first_retained_lsn(&self) -> Lsn;
+    /// Makes the next append get `lsn + 1`: positions up to `lsn` that hold
+    /// no entry stay empty for good. Durable when it returns.
+    fn skip_to(&mut self, lsn: Lsn) -> Result<(), StorageError>;
 
     /// Appends bytes to a blob at `offset`, which must be its present
     /// length. Blob bytes are durable before any later log append.
@@ -250,6 +257,14 @@ impl Storage for MemStorage {
             .next()
             .copied()
             .unwrap_or(self.last_lsn + 1)
+    }
+
+    fn skip_to(&mut self, lsn: Lsn) -> Result<(), StorageError> {
+        if lsn > self.last_lsn {
+            self.last_lsn = lsn;
+            self.durable_lsn = self.durable_lsn.max(lsn);
+        }
+        Ok(())
     }
 
     fn blob_append(&mut self, id: &BlobId, offset: u64, data: &[u8]) -> Result<(), StorageError> {

@@ -81,6 +81,10 @@ pub struct Hello {
     /// durable position in the listener's log (`None` inside if it has none,
     /// e.g. a new or wiped node).
     pub receive: Option<Option<Cursor>>,
+    /// After a restart, the speaker's own dot counters `(lo, hi]` it may have
+    /// handed out and lost with its log tail (a crash after the writes left).
+    /// A listener holding any of them seeds them back with a snapshot.
+    pub lost_own_counters: Option<(u64, u64)>,
 }
 
 /// Why a session was refused.
@@ -312,6 +316,7 @@ mod tests {
             node: NodeId::from_u128(2),
             replica: ReplicaId::from_u128(3),
             receive: Some(None),
+            lost_own_counters: None,
         })
     }
 
