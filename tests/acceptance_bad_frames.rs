@@ -135,12 +135,15 @@ fn message(rng: &mut ChaCha8Rng) -> Message {
             cluster: ClusterId::from_u128(rng.gen()),
             node: NodeId::from_u128(rng.gen()),
             replica: ReplicaId::from_u128(rng.gen()),
+            log_id: ReplicaId::from_u128(rng.gen()),
             receive: match rng.gen_range(0..3) {
                 0 => None,
                 1 => Some(None),
                 _ => Some(Some(cursor(rng))),
             },
-            lost_own_counters: rng.gen_bool(0.5).then(|| (rng.gen(), rng.gen())),
+            lost_own_counters: (0..rng.gen_range(0..3))
+                .map(|_| (ReplicaId::from_u128(rng.gen()), rng.gen(), rng.gen()))
+                .collect(),
         }),
         1 => Message::Batch(Batch {
             prev: cursor(rng),

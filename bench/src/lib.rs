@@ -135,8 +135,9 @@ impl Receiver {
             cluster: CLUSTER,
             node: SENDER,
             replica: SENDER_REPLICA,
+            log_id: SENDER_REPLICA,
             receive: None,
-            lost_own_counters: None,
+            lost_own_counters: Vec::new(),
         }));
         r.feed(&hello);
         r

@@ -43,6 +43,8 @@ use std::ops::Bound;
 /// The policy for versions of a class this node does not know (a peer with a
 /// newer configuration): last-writer-wins, so every node still agrees.
 const DEFAULT_POLICY: ConflictPolicy = ConflictPolicy::LastWriterWins;
+/// Earlier origins whose possibly lost dots a node keeps asking for.
+const LOST_RANGES_MAX: usize = 64;
 /// Keys a snapshot batch looks at, at most, so one batch is bounded work.
 const SNAPSHOT_KEYS_PER_BATCH_MAX: usize = 4096;
 
@@ -198,13 +200,14 @@ pub struct Node<S: Storage> {
     /// Blobs held whole and verified.
     blobs_complete: BTreeSet<[u8; 32]>,
     /// Versions waiting for their blob, by blob hash.
-    staged: BTreeMap<[u8; 32], Vec<Version>>,
+    /// (Each with the peer it came from, which relaying must skip.)
+    staged: BTreeMap<[u8; 32], Vec<(NodeId, Version)>>,
     /// Blobs being fetched for staged versions.
     fetches: BTreeMap<[u8; 32], Fetch>,
     /// The highest dot counter applied here, per replica.
     replica_max: BTreeMap<ReplicaId, u64>,
-    /// Own dot counters this incarnation may have lost (see `Hello`).
-    lost_own_counters: Option<(u64, u64)>,
+    /// Dots of earlier origins that may have been lost (see `Hello`).
+    lost_own_counters: Vec<(ReplicaId, u64, u64)>,
 }
 
 impl<S: Storage> Node<S> {
@@ -238,9 +241,11 @@ impl<S: Storage> Node<S> {
                 let meta = NodeMeta {
                     node: cfg.node,
                     cluster: cfg.cluster,
+                    log_id: ReplicaId(uuid::Builder::from_random_bytes(rng.gen()).into_uuid()),
                     replica: ReplicaId(uuid::Builder::from_random_bytes(rng.gen()).into_uuid()),
                     counters_reserved: 0,
                     lsns_reserved: 0,
+                    lost_ranges: Vec::new(),
                     peer_acked: BTreeMap::new(),
                 };
                 storage.store_meta(&meta)?;
@@ -262,7 +267,7 @@ impl<S: Storage> Node<S> {
         for (id, lsn) in &meta.peer_acked {
             if let Some(p) = peers.get_mut(id) {
                 p.acked = Some(Cursor {
-                    replica: meta.replica,
+                    replica: meta.log_id,
                     pos: Position::Log { lsn: *lsn },
                 });
             }
@@ -287,17 +292,26 @@ impl<S: Storage> Node<S> {
             staged: BTreeMap::new(),
             fetches: BTreeMap::new(),
             replica_max: BTreeMap::new(),
-            lost_own_counters: None,
+            lost_own_counters: Vec::new(),
         };
         node.replay()?;
-        let own_max = node
-            .replica_max
-            .get(&node.meta.replica)
-            .copied()
-            .unwrap_or(0);
-        if node.meta.counters_reserved > own_max {
-            node.lost_own_counters = Some((own_max, node.meta.counters_reserved));
+        // A new dot origin for this incarnation; the previous one's dots
+        // above what the log kept may have left before a crash lost them.
+        let previous = node.meta.replica;
+        let kept = node.replica_max.get(&previous).copied().unwrap_or(0);
+        let mut meta = node.meta.clone();
+        if meta.counters_reserved > kept {
+            meta.lost_ranges
+                .push((previous, kept, meta.counters_reserved));
+            let excess = meta.lost_ranges.len().saturating_sub(LOST_RANGES_MAX);
+            meta.lost_ranges.drain(..excess);
         }
+        node.lost_own_counters = meta.lost_ranges.clone();
+        meta.replica = ReplicaId(uuid::Builder::from_random_bytes(node.rng.gen()).into_uuid());
+        meta.counters_reserved = 0;
+        node.storage.store_meta(&meta)?;
+        node.meta = meta;
+        node.counter = 0;
         // Entries peers may have seen and a crash lost: never reuse their
         // positions.
         if node.storage.last_lsn() < node.meta.lsns_reserved {
@@ -321,17 +335,22 @@ impl<S: Storage> Node<S> {
             }
         }
         if let EntryBody::BlobReady { hash, .. } = &entry.body {
-            self.staged.remove(hash);
-            self.fetches.remove(hash);
+            // Only the versions this entry applies leave the stage; others
+            // staged for the same blob (from other peers) wait for theirs,
+            // or are applied after the replay since the blob is here.
+            if let Some(waiting) = self.staged.get_mut(hash) {
+                waiting.retain(|(_, w)| !versions.iter().any(|v| v.dot == w.dot));
+                if waiting.is_empty() {
+                    self.staged.remove(hash);
+                    self.fetches.remove(hash);
+                }
+            }
         }
         for v in versions {
             if let Body::Live { blob: Some(b), .. } = &v.body {
                 self.blobs_complete.insert(b.hash);
             }
             self.hlc.observe(v.hlc);
-            if v.dot.replica == self.meta.replica {
-                self.counter = self.counter.max(v.dot.counter);
-            }
             note_max(&mut self.replica_max, &v.dot);
             let cfg = &self.cfg;
             self.keys
@@ -356,8 +375,14 @@ impl<S: Storage> Node<S> {
         self.cfg.node
     }
 
+    /// The origin of this incarnation's dots (new at every open).
     pub fn replica_id(&self) -> ReplicaId {
         self.meta.replica
+    }
+
+    /// The identity of this node's log, as peers' cursors name it.
+    pub fn log_id(&self) -> ReplicaId {
+        self.meta.log_id
     }
 
     pub fn config(&self) -> &NodeConfig {
@@ -444,7 +469,7 @@ impl<S: Storage> Node<S> {
             }
             for (id, p) in &self.peers {
                 let acked = matches!(p.acked, Some(Cursor { replica, pos: Position::Log { lsn } })
-                    if replica == self.meta.replica && lsn >= s.lsn);
+                    if replica == self.meta.log_id && lsn >= s.lsn);
                 if acked && p.cfg.filter.passes(&s.version.labels) {
                     out.insert(*id);
                 }
@@ -670,13 +695,16 @@ impl<S: Storage> Node<S> {
     /// The driver connected to the peer (outgoing or incoming).
     pub fn handle_connected(&mut self, now_ms: u64, peer: NodeId) {
         self.advance(now_ms);
-        let replica = self.meta.replica;
+        let (replica, log_id) = (self.meta.replica, self.meta.log_id);
         let hello_base = (self.cfg.cluster, self.cfg.node);
         let Some(p) = self.peers.get_mut(&peer) else {
             self.outputs.push_back(Output::Close { peer });
             return;
         };
         p.decoder = wire::FrameDecoder::new(self.cfg.limits.frame_payload_len_max);
+        // Resume from what is durable here: that is all a peer may count as
+        // held (re-applying the rest is idempotent).
+        p.recv_applied = p.recv_durable;
         p.partial_since_ms = None;
         p.out = None;
         p.link = Link::Handshaking {
@@ -687,8 +715,9 @@ impl<S: Storage> Node<S> {
             cluster: hello_base.0,
             node: hello_base.1,
             replica,
+            log_id,
             receive: p.cfg.receive.then_some(p.recv_applied),
-            lost_own_counters: self.lost_own_counters.filter(|_| !p.echo_done),
+            lost_own_counters: self.lost_own_counters.clone(),
         };
         self.outputs.push_back(Output::Transmit {
             peer,
@@ -818,7 +847,10 @@ impl<S: Storage> Node<S> {
                 Ok(())
             }
             Message::BlobChunk(c) => self.on_blob_chunk(peer, c),
-            Message::BlobMissing { .. } => Ok(()),
+            Message::BlobMissing { hash } => {
+                self.on_blob_missing(peer, hash);
+                Ok(())
+            }
         };
         if let Err(e) = &result {
             let tell = match e {
@@ -849,25 +881,27 @@ impl<S: Storage> Node<S> {
         }
         p.link = Link::Up {
             remote_replica: h.replica,
+            remote_log: h.log_id,
         };
         p.reconnect_attempt = 0;
         // Holding a standing version the peer wrote and lost (a crash cut
         // its log tail after the write left it): seed it with a snapshot
         // that gives those back.
-        let lost = h.lost_own_counters.filter(|&(lo, hi)| {
+        let holds_lost = |&(origin, lo, hi): &(ReplicaId, u64, u64)| {
             self.keys.values().any(|k| {
                 k.siblings.iter().any(|s| {
                     let d = s.version.dot;
-                    d.replica == h.replica && lo < d.counter && d.counter <= hi
+                    d.replica == origin && lo < d.counter && d.counter <= hi
                 })
             })
-        });
+        };
+        let reseed = h.lost_own_counters.iter().any(holds_lost);
         let Some(p) = self.peers.get_mut(&peer) else {
             return Err(SessionError::UnknownPeer(peer));
         };
-        p.echo_range = lost;
+        p.echo_range = h.lost_own_counters;
         if let (true, Some(resume)) = (p.cfg.send, h.receive) {
-            self.start_outbound(peer, if lost.is_some() { None } else { resume })?;
+            self.start_outbound(peer, if reseed { None } else { resume })?;
         }
         self.push_event(Event::PeerUp { peer });
         let wanted: Vec<[u8; 32]> = self
@@ -887,7 +921,7 @@ impl<S: Storage> Node<S> {
     /// our log when that is valid, a snapshot of our state otherwise (a new,
     /// wiped or rolled-back peer, or one behind what we trimmed).
     fn start_outbound(&mut self, peer: NodeId, resume: Option<Cursor>) -> Result<(), SessionError> {
-        let mine = self.meta.replica;
+        let mine = self.meta.log_id;
         let last = self.storage.last_lsn();
         let Some(p) = self.peers.get_mut(&peer) else {
             return Err(SessionError::UnknownPeer(peer));
@@ -906,13 +940,29 @@ impl<S: Storage> Node<S> {
                     Position::Snapshot { at_lsn, .. } => at_lsn <= last,
                 }
         });
-        let start = valid.unwrap_or(Cursor {
-            replica: mine,
-            pos: Position::Snapshot {
-                at_lsn: last,
-                after: None,
-            },
-        });
+        let start = match valid {
+            Some(c) => c,
+            None => {
+                // A new snapshot gets a position never used before, so a late
+                // duplicate of an older snapshot's start is told apart.
+                let at_lsn = last + 1;
+                if let Err(e) = self.storage.skip_to(at_lsn) {
+                    self.fail(e.clone());
+                    return Err(SessionError::Storage(e));
+                }
+                Cursor {
+                    replica: mine,
+                    pos: Position::Snapshot {
+                        at_lsn,
+                        after: None,
+                    },
+                }
+            }
+        };
+        let last = self.storage.last_lsn();
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return Err(SessionError::UnknownPeer(peer));
+        };
         let needed_after = match start.pos {
             Position::Log { lsn } => lsn,
             Position::Snapshot { at_lsn, .. } => at_lsn,
@@ -957,10 +1007,10 @@ impl<S: Storage> Node<S> {
         let Some(p) = self.peers.get(&peer) else {
             return Err(SessionError::UnknownPeer(peer));
         };
-        let Link::Up { remote_replica } = p.link else {
+        let Link::Up { remote_log, .. } = p.link else {
             return Err(SessionError::Refused(Refusal::Misbehaved));
         };
-        if !p.cfg.receive || b.prev.replica != remote_replica || b.next.replica != remote_replica {
+        if !p.cfg.receive || b.prev.replica != remote_log || b.next.replica != remote_log {
             return Err(SessionError::Refused(Refusal::Misbehaved));
         }
         if b.versions.iter().any(|v| v.dot.counter == 0) {
@@ -978,8 +1028,11 @@ impl<S: Storage> Node<S> {
                 },
                 Some(c),
             ) => {
-                c.replica != remote_replica
-                    || matches!(c.pos, Position::Log { lsn } if lsn <= at_lsn)
+                c.replica != remote_log
+                    || match c.pos {
+                        Position::Log { lsn } => lsn < at_lsn,
+                        Position::Snapshot { at_lsn: older, .. } => older < at_lsn,
+                    }
             }
             _ => false,
         };
@@ -1015,6 +1068,18 @@ impl<S: Storage> Node<S> {
         else {
             unreachable!()
         };
+        let at = self.now_ms;
+        self.push_backlogs(lsn, &versions, Some(peer), at);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.recv_applied = Some(b.next);
+            p.recv_cursor_lsn = lsn;
+            p.stats.batches_received += 1;
+            p.stats.versions_received += versions.len() as u64;
+        }
+        self.apply_remote(peer, versions, lsn);
+        self.gate_ack(lsn, peer, Some(b.next));
+        // Staged versions fetch their blobs; one already here whole (an
+        // empty blob, say) applies now, in an entry after this batch's.
         for v in staged {
             if let Some(hash) = self.stage(peer, v) {
                 self.send_want(hash, true);
@@ -1023,21 +1088,7 @@ impl<S: Storage> Node<S> {
         // An empty blob (or one already present) needs no transfer.
         self.finish_present_fetches()
             .map_err(SessionError::Storage)?;
-        let at = self.now_ms;
-        self.push_backlogs(lsn, &versions, Some(peer), at);
-        if let Some(p) = self.peers.get_mut(&peer) {
-            if matches!(b.next.pos, Position::Log { .. })
-                && matches!(b.prev.pos, Position::Snapshot { .. })
-            {
-                p.echo_done = true;
-            }
-            p.recv_applied = Some(b.next);
-            p.recv_cursor_lsn = lsn;
-            p.stats.batches_received += 1;
-            p.stats.versions_received += versions.len() as u64;
-        }
-        self.apply_remote(peer, versions, lsn);
-        self.gate_ack(lsn, peer, Some(b.next));
+
         self.release_gated();
         self.pump_all();
         Ok(())
@@ -1050,7 +1101,7 @@ impl<S: Storage> Node<S> {
     }
 
     fn on_ack(&mut self, peer: NodeId, a: Ack) {
-        let mine = self.meta.replica;
+        let mine = self.meta.log_id;
         let now = self.now_ms;
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
@@ -1338,7 +1389,7 @@ impl<S: Storage> Node<S> {
             let Some(p) = self.peers.get_mut(&peer) else {
                 return Ok(());
             };
-            let Link::Up { remote_replica } = p.link else {
+            let Link::Up { remote_replica, .. } = p.link else {
                 return Ok(());
             };
             let Some(out) = p.out.as_ref() else {
@@ -1364,7 +1415,7 @@ impl<S: Storage> Node<S> {
             };
             let due = match (first, out.sent.pos) {
                 (Some(item), _) => item.lsn <= upto,
-                (None, Position::Snapshot { at_lsn, .. }) => at_lsn < upto,
+                (None, Position::Snapshot { at_lsn, .. }) => at_lsn <= upto,
                 (None, Position::Log { .. }) => false,
             };
             if !due {
@@ -1415,12 +1466,8 @@ impl<S: Storage> Node<S> {
             unreachable!("pump checked the peer")
         };
         let limits = &self.cfg.limits;
-        let wanted = |v: &Version| v.dot.replica != remote && p.cfg.filter.passes(&v.labels);
-        let echo = p.echo_range;
-        let wanted_in_snapshot = |v: &Version| {
-            p.cfg.filter.passes(&v.labels)
-                && (v.dot.replica != remote
-                    || echo.is_some_and(|(lo, hi)| lo < v.dot.counter && v.dot.counter <= hi))
+        let wanted = |v: &Version| {
+            p.cfg.filter.passes(&v.labels) && (v.dot.replica != remote || p.echoes(v))
         };
         let mut versions = Vec::new();
         let mut bytes = 0usize;
@@ -1443,11 +1490,7 @@ impl<S: Storage> Node<S> {
                         break;
                     }
                     last_key = Some(*key);
-                    for s in state
-                        .siblings
-                        .iter()
-                        .filter(|s| wanted_in_snapshot(&s.version))
-                    {
+                    for s in state.siblings.iter().filter(|s| wanted(&s.version)) {
                         bytes += s.version.size_bytes();
                         versions.push(s.version.clone());
                     }
@@ -1513,10 +1556,15 @@ impl<S: Storage> Node<S> {
                 if e.lsn >= limit || e.lsn > self.storage.durable_lsn() {
                     return Ok(released);
                 }
+                let durable = self.storage.durable_lsn();
+                // Kept while a version stands, or while what superseded it is
+                // not yet durable (a crash could still take that away).
                 let standing = e.body.versions().iter().any(|v| {
-                    self.keys
-                        .get(&v.key)
-                        .is_some_and(|s| s.siblings.iter().any(|s| s.version.dot == v.dot))
+                    self.keys.get(&v.key).is_some_and(|s| {
+                        s.siblings
+                            .iter()
+                            .any(|s| s.version.dot == v.dot || s.lsn > durable)
+                    })
                 });
                 let waiting = match &e.body {
                     EntryBody::Remote { staged, .. } => staged.iter().any(|v| self.is_staged(v)),
@@ -1600,7 +1648,7 @@ impl<S: Storage> Node<S> {
             Body::Live { blob: Some(b), .. } => self
                 .staged
                 .get(&b.hash)
-                .is_some_and(|s| s.iter().any(|x| x.dot == v.dot)),
+                .is_some_and(|s| s.iter().any(|(_, x)| x.dot == v.dot)),
             _ => false,
         }
     }
@@ -1614,7 +1662,7 @@ impl<S: Storage> Node<S> {
         if self.is_staged(&v) {
             return None;
         }
-        self.staged.entry(hash).or_default().push(v);
+        self.staged.entry(hash).or_default().push((from, v));
         if self.fetches.contains_key(&hash) {
             return None;
         }
@@ -1666,6 +1714,15 @@ impl<S: Storage> Node<S> {
     fn on_blob_want(&mut self, peer: NodeId, w: BlobWant) {
         let now = self.now_ms;
         let len = self.storage.blob_len(&w.hash);
+        // A blob stored whole but not known here (its put was lost in a
+        // crash, say) is served if its content matches its name.
+        if !self.blobs_complete.contains(&w.hash)
+            && !self.fetches.contains_key(&w.hash)
+            && len > 0
+            && self.blob_hash(&w.hash, len).is_ok_and(|h| h == w.hash)
+        {
+            self.blobs_complete.insert(w.hash);
+        }
         if !self.blobs_complete.contains(&w.hash) || w.offset > len {
             self.outputs.push_back(Output::Transmit {
                 peer,
@@ -1756,7 +1813,12 @@ impl<S: Storage> Node<S> {
 
     fn on_blob_chunk(&mut self, peer: NodeId, c: BlobChunk) -> Result<(), SessionError> {
         let Some(f) = self.fetches.get(&c.hash) else {
-            return Ok(()); // not (or no longer) wanted
+            // Not (or no longer) wanted: if we hold it whole, tell the
+            // sender so it stops sending.
+            if self.blobs_complete.contains(&c.hash) {
+                self.tell_blob_complete(peer, c.hash);
+            }
+            return Ok(());
         };
         let end = c.offset.checked_add(c.data.len() as u64);
         if c.total_len != f.len || end.is_none_or(|e| e > f.len) || c.data.len() > BLOB_CHUNK_BYTES
@@ -1792,11 +1854,55 @@ impl<S: Storage> Node<S> {
         };
         if present + c.data.len() as u64 >= len {
             self.blob_arrived(c.hash).map_err(SessionError::Storage)?;
+            if self.blobs_complete.contains(&c.hash) {
+                self.tell_blob_complete(peer, c.hash);
+            }
             self.pump_all();
         } else {
             self.send_want(c.hash, false);
         }
         Ok(())
+    }
+
+    /// Acknowledges a whole blob, so the peer closes its transfer.
+    fn tell_blob_complete(&mut self, peer: NodeId, hash: [u8; 32]) {
+        let offset = self.storage.blob_len(&hash);
+        self.outputs.push_back(Output::Transmit {
+            peer,
+            frame: wire::encode_frame(&Message::BlobWant(BlobWant {
+                hash,
+                offset,
+                restart: false,
+            })),
+        });
+    }
+
+    /// The peer asked for a blob does not hold it whole: ask the next
+    /// connected peer we receive from, after a pause.
+    fn on_blob_missing(&mut self, peer: NodeId, hash: [u8; 32]) {
+        let now = self.now_ms;
+        let timeout = self.cfg.timing.ack_timeout_ms;
+        let candidates: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.is_up() && p.cfg.receive)
+            .map(|(id, _)| *id)
+            .collect();
+        let Some(f) = self.fetches.get_mut(&hash) else {
+            return;
+        };
+        if f.source != peer {
+            return;
+        }
+        let next = candidates
+            .iter()
+            .find(|id| **id > peer)
+            .or_else(|| candidates.first())
+            .copied();
+        if let Some(next) = next {
+            f.source = next;
+        }
+        f.deadline_ms = now + timeout;
     }
 
     /// Every byte of a fetched blob is here: verify it, then apply the
@@ -1821,24 +1927,28 @@ impl<S: Storage> Node<S> {
             return Ok(());
         }
         self.blobs_complete.insert(hash);
-        let waiting = self.staged.get(&hash).cloned().unwrap_or_default();
-        let versions: Vec<Version> = waiting
-            .into_iter()
-            .filter(|v| !self.keys.get(&v.key).is_some_and(|s| s.has_seen(&v.dot)))
-            .collect();
-        let body = EntryBody::BlobReady {
-            from: fetch.source,
-            hash,
-            versions,
-        };
-        let lsn = self.append(&body)?;
-        self.staged.remove(&hash);
+        // One entry per peer the versions came from, so relaying skips
+        // exactly each version's own sender.
+        let mut by_source: BTreeMap<NodeId, Vec<Version>> = BTreeMap::new();
+        for (from, v) in self.staged.remove(&hash).unwrap_or_default() {
+            if !self.keys.get(&v.key).is_some_and(|s| s.has_seen(&v.dot)) {
+                by_source.entry(from).or_default().push(v);
+            }
+        }
         self.fetches.remove(&hash);
-        let EntryBody::BlobReady { versions, .. } = body else {
-            unreachable!()
-        };
-        self.push_backlogs(lsn, &versions, Some(fetch.source), self.now_ms);
-        self.apply_remote(fetch.source, versions, lsn);
+        for (from, versions) in by_source {
+            let body = EntryBody::BlobReady {
+                from,
+                hash,
+                versions,
+            };
+            let lsn = self.append(&body)?;
+            let EntryBody::BlobReady { versions, .. } = body else {
+                unreachable!()
+            };
+            self.push_backlogs(lsn, &versions, Some(from), self.now_ms);
+            self.apply_remote(from, versions, lsn);
+        }
         Ok(())
     }
 
@@ -1898,7 +2008,7 @@ impl<S: Storage> Node<S> {
     /// Records every peer's acknowledged position durably (before entries
     /// it covers are released).
     fn persist_peer_acked(&mut self) -> Result<(), StorageError> {
-        let mine = self.meta.replica;
+        let mine = self.meta.log_id;
         let acked: BTreeMap<NodeId, Lsn> = self
             .peers
             .iter()
@@ -1939,6 +2049,37 @@ impl<S: Storage> Node<S> {
             ),
             None => "not configured".into(),
         }
+    }
+
+    /// For tests and the simulator: a readable dump of blob transfers.
+    pub fn blob_debug(&self) -> String {
+        let fetches: Vec<String> = self
+            .fetches
+            .iter()
+            .map(|(h, f)| {
+                format!(
+                    "fetch {:02x}{:02x}: {}/{} from {:?} deadline {} failures {} complete_here {}",
+                    h[0],
+                    h[1],
+                    self.storage.blob_len(h),
+                    f.len,
+                    f.source,
+                    f.deadline_ms,
+                    f.failures,
+                    self.blobs_complete.contains(h)
+                )
+            })
+            .collect();
+        let serving: Vec<String> = self
+            .peers
+            .iter()
+            .flat_map(|(id, p)| {
+                p.serving
+                    .iter()
+                    .map(move |(h, s)| format!("serve {:02x}{:02x} to {id:?}: {s:?}", h[0], h[1]))
+            })
+            .collect();
+        format!("{fetches:?} {serving:?}")
     }
 
     /// For tests: the current HLC.
@@ -1993,17 +2134,19 @@ fn next_unsent<'a>(p: &'a Peer, sent: &Cursor) -> Option<Option<&'a BacklogItem>
 /// Adds the entry to the peer's backlog if it has something for it: a
 /// version passing the peer's filter, not received from that very peer.
 fn push_backlog(p: &mut Peer, lsn: Lsn, versions: &[Version], from: Option<NodeId>, at_ms: u64) {
-    if !p.cfg.send || from == Some(p.cfg.node) {
+    if !p.cfg.send {
         return;
     }
     let remote = match p.link {
-        Link::Up { remote_replica } => Some(remote_replica),
+        Link::Up { remote_replica, .. } => Some(remote_replica),
         _ => None,
     };
+    let from_peer = from == Some(p.cfg.node);
     let mut n = 0u32;
     let mut bytes = 0u64;
     for v in versions {
-        if p.cfg.filter.passes(&v.labels) && Some(v.dot.replica) != remote {
+        let its_own = from_peer || Some(v.dot.replica) == remote;
+        if p.cfg.filter.passes(&v.labels) && (!its_own || p.echoes(v)) {
             n += 1;
             bytes += v.size_bytes() as u64;
             if let Body::Live { blob: Some(b), .. } = &v.body {
@@ -2092,8 +2235,9 @@ mod tests {
             cluster: ClusterId::from_u128(9),
             node: b(),
             replica: ReplicaId::from_u128(22),
+            log_id: ReplicaId::from_u128(23),
             receive: None,
-            lost_own_counters: None,
+            lost_own_counters: Vec::new(),
         };
         a.handle_bytes(T0, b(), &wire::encode_frame(&Message::Hello(hello)))
             .unwrap();
@@ -2127,7 +2271,7 @@ mod tests {
         }
         a.handle_connected(T0, b());
         let _ = messages(&mut a);
-        let mine = a.replica_id();
+        let mine = a.log_id();
         let log = |lsn| Cursor {
             replica: mine,
             pos: Position::Log { lsn },
@@ -2136,8 +2280,9 @@ mod tests {
             cluster: ClusterId::from_u128(9),
             node: b(),
             replica: ReplicaId::from_u128(22),
+            log_id: ReplicaId::from_u128(23),
             receive: Some(Some(log(0))),
-            lost_own_counters: None,
+            lost_own_counters: Vec::new(),
         };
         a.handle_bytes(T0, b(), &wire::encode_frame(&Message::Hello(hello)))
             .unwrap();

@@ -19,7 +19,12 @@ pub enum Link {
     /// Connected, our Hello sent at `since_ms`, waiting for theirs.
     Handshaking { since_ms: u64 },
     /// Both Hellos exchanged.
-    Up { remote_replica: ReplicaId },
+    Up {
+        /// The peer's current dot origin.
+        remote_replica: ReplicaId,
+        /// The peer's log, as our cursors into it name it.
+        remote_log: ReplicaId,
+    },
 }
 
 /// One log entry that has something for this peer.
@@ -119,12 +124,9 @@ pub struct Peer {
     pub recv_applied: Option<Cursor>,
     /// LSN of the local entry holding `recv_applied` (kept by trimming).
     pub recv_cursor_lsn: Lsn,
-    /// While seeding a peer that lost its own writes: its own versions with
-    /// counters in this range are sent back to it.
-    pub echo_range: Option<(u64, u64)>,
-    /// This node's lost own writes were seeded back by the peer (or the
-    /// peer's snapshot covered them): stop asking.
-    pub echo_done: bool,
+    /// The peer's own dot counters it may have lost in a crash (from its
+    /// Hello): its own versions in this range are sent back to it.
+    pub echo_range: Vec<(ReplicaId, u64, u64)>,
     /// Blobs being served to the peer, by hash.
     pub serving: BTreeMap<[u8; 32], Serve>,
     /// Counters, for status and tests.
@@ -182,11 +184,18 @@ impl Peer {
             recv_durable: None,
             recv_applied: None,
             recv_cursor_lsn: 0,
-            echo_range: None,
-            echo_done: false,
+            echo_range: Vec::new(),
             serving: BTreeMap::new(),
             stats: PeerStats::default(),
         }
+    }
+
+    /// Whether `v`, written by the peer itself, must still be sent to it
+    /// (it lost it in a crash).
+    pub fn echoes(&self, v: &crate::record::Version) -> bool {
+        self.echo_range
+            .iter()
+            .any(|&(r, lo, hi)| v.dot.replica == r && lo < v.dot.counter && v.dot.counter <= hi)
     }
 
     pub fn is_up(&self) -> bool {

@@ -18,7 +18,12 @@ use std::collections::BTreeMap;
 pub struct NodeMeta {
     pub node: NodeId,
     pub cluster: ClusterId,
-    /// This storage incarnation; the origin of every local dot.
+    /// The identity of this storage's log, named by peers' cursors; stable
+    /// for the storage's life.
+    pub log_id: ReplicaId,
+    /// The origin of local dots: new at every open, so writes made after a
+    /// crash that may have lost earlier ones never look like their causal
+    /// successors (version vectors assume one causal chain per origin).
     pub replica: ReplicaId,
     /// Dot counters up to this value may have been handed out; a restart
     /// continues above it, so no dot is reused even if the log tail is lost.
@@ -27,6 +32,9 @@ pub struct NodeMeta {
     /// continues the log above it, so a position a peer saw is never reused
     /// for another entry, even if the entries themselves were lost.
     pub lsns_reserved: Lsn,
+    /// Dot ranges `(lo, hi]` of earlier origins that may have been handed out
+    /// and lost in a crash (the most recent 64 incarnations).
+    pub lost_ranges: Vec<(ReplicaId, u64, u64)>,
     /// For each peer, the position in our log it had acknowledged when we
     /// last released entries. A peer asking to resume from before it is
     /// treated as rolled back (restored from a backup) and re-seeded by
@@ -154,6 +162,8 @@ pub struct MemStorage {
     last_lsn: Lsn,
     durable_lsn: Lsn,
     sync: MemSync,
+    /// Positions up to here were skipped; a skip survives a crash.
+    skipped_to: Lsn,
     blobs: BTreeMap<BlobId, Vec<u8>>,
     /// Appends and reads count here, for tests and benchmarks.
     pub appends: u64,
@@ -167,6 +177,7 @@ impl MemStorage {
             last_lsn: 0,
             durable_lsn: 0,
             sync,
+            skipped_to: 0,
             blobs: BTreeMap::new(),
             appends: 0,
         }
@@ -181,7 +192,7 @@ impl MemStorage {
     /// Simulates a crash: everything after the durable LSN is lost.
     pub fn crash(&mut self) {
         self.entries.retain(|lsn, _| *lsn <= self.durable_lsn);
-        self.last_lsn = self.durable_lsn;
+        self.last_lsn = self.durable_lsn.max(self.skipped_to);
     }
 
     /// Flips one bit of a stored blob (fault injection for tests).
@@ -262,8 +273,8 @@ impl Storage for MemStorage {
     fn skip_to(&mut self, lsn: Lsn) -> Result<(), StorageError> {
         if lsn > self.last_lsn {
             self.last_lsn = lsn;
-            self.durable_lsn = self.durable_lsn.max(lsn);
         }
+        self.skipped_to = self.skipped_to.max(lsn);
         Ok(())
     }
 

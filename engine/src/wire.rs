@@ -76,15 +76,18 @@ pub struct Cursor {
 pub struct Hello {
     pub cluster: ClusterId,
     pub node: NodeId,
+    /// The speaker's current dot origin.
     pub replica: ReplicaId,
+    /// The speaker's log, as cursors into it name it.
+    pub log_id: ReplicaId,
     /// `Some` when the speaker wants to receive from the listener: its
     /// durable position in the listener's log (`None` inside if it has none,
     /// e.g. a new or wiped node).
     pub receive: Option<Option<Cursor>>,
-    /// After a restart, the speaker's own dot counters `(lo, hi]` it may have
-    /// handed out and lost with its log tail (a crash after the writes left).
-    /// A listener holding any of them seeds them back with a snapshot.
-    pub lost_own_counters: Option<(u64, u64)>,
+    /// Dots `(lo, hi]` of the speaker's earlier origins that it may have
+    /// handed out and lost with its log tail (a crash after the writes
+    /// left). A listener holding any of them sends them back.
+    pub lost_own_counters: Vec<(ReplicaId, u64, u64)>,
 }
 
 /// Why a session was refused.
@@ -315,8 +318,9 @@ mod tests {
             cluster: ClusterId::from_u128(1),
             node: NodeId::from_u128(2),
             replica: ReplicaId::from_u128(3),
+            log_id: ReplicaId::from_u128(4),
             receive: Some(None),
-            lost_own_counters: None,
+            lost_own_counters: Vec::new(),
         })
     }
 
