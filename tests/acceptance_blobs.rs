@@ -144,3 +144,19 @@ fn acceptance_blobs_corrupt_content_is_never_applied() {
     );
     let _ = r;
 }
+
+#[test]
+fn acceptance_blobs_upload_survives_a_restart_before_the_put() {
+    let mut c = ClusterBuilder::new(65, 2).one_way(0, 1).build();
+    let data = audio(65, 200_000);
+    let blob = c.upload_blob(0, &data);
+    // The recorder restarts between the upload and the put.
+    c.crash(0);
+    c.restart(0);
+    let mut req = recsync_sim::cluster::put_req(Key::from_u128(1), labels("recording"), b"call");
+    req.blob = Some(blob);
+    c.try_write(0, vec![recsync_engine::WriteOp::Put(req)])
+        .expect("the stored upload is found again");
+    c.run_until_settled(60_000).unwrap();
+    assert_eq!(blob_of(&c, 1, &Key::from_u128(1)), Some(data));
+}

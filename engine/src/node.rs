@@ -510,6 +510,11 @@ impl<S: Storage> Node<S> {
             return Err(WriteError::Failed);
         }
         self.validate_ops(&ops)?;
+        for op in &ops {
+            if let WriteOp::Put(PutRequest { blob: Some(b), .. }) = op {
+                self.blobs_complete.insert(b.hash);
+            }
+        }
         self.reserve_counters(ops.len() as u64)?;
         let versions: Vec<Version> = ops.into_iter().map(|op| self.new_version(op)).collect();
         let body = EntryBody::Local { versions };
@@ -558,7 +563,7 @@ impl<S: Storage> Node<S> {
                         });
                     }
                     if let Some(blob) = p.blob {
-                        if !self.blobs_complete.contains(&blob.hash) {
+                        if !self.holds_blob(&blob) {
                             return Err(WriteError::BlobMissing { blob });
                         }
                     }
@@ -1039,7 +1044,14 @@ impl<S: Storage> Node<S> {
         if Some(b.prev) != p.recv_applied && !fresh_start {
             // Out of sequence (lost, duplicated or reordered): ignore, and
             // repeat where we stand so the sender can go back.
-            self.gate_ack(p.recv_cursor_lsn, peer, p.recv_applied);
+            let (lsn, at) = (p.recv_cursor_lsn, p.recv_applied);
+            let queued = self
+                .gated
+                .iter()
+                .any(|g| g.peer == peer && Some(g.cursor) == at);
+            if !queued {
+                self.gate_ack(lsn, peer, at);
+            }
             self.release_gated();
             return Ok(());
         }
@@ -1634,6 +1646,17 @@ impl<S: Storage> Node<S> {
     /// Versions waiting for their blob.
     pub fn staged_versions(&self) -> usize {
         self.staged.values().map(Vec::len).sum()
+    }
+
+    /// Whether a blob is here whole: known, or stored under its name with
+    /// the right length and content (an upload finished before a restart).
+    fn holds_blob(&self, blob: &BlobRef) -> bool {
+        self.blobs_complete.contains(&blob.hash)
+            || (self.storage.blob_len(&blob.hash) == blob.len_bytes
+                && !self.fetches.contains_key(&blob.hash)
+                && self
+                    .blob_hash(&blob.hash, blob.len_bytes)
+                    .is_ok_and(|h| h == blob.hash))
     }
 
     fn blob_ready(&self, v: &Version) -> bool {
