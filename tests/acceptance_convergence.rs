@@ -185,7 +185,6 @@ fn acceptance_convergence_1000_random_cases() {
     let mut conflicts = 0usize;
     let mut writes = 0usize;
     for seed in 0..CASES {
-        eprintln!("seed {seed}");
         let Case { cluster: c, acked } = run_case(seed);
         let all: Vec<usize> = (0..c.len()).collect();
         if !c.digests_equal(&all) {
@@ -240,38 +239,16 @@ fn acceptance_convergence_same_seed_same_run() {
     assert_eq!(a.cluster.sent.len(), b.cluster.sent.len());
 }
 
-/// Runs, making every node's log durable every 50 ms, until settled.
+/// Runs until settled, making every node's log durable as it goes.
 fn settle_syncing(c: &mut Cluster, max_ms: u64) {
-    let deadline = c.now_ms() + max_ms;
-    while !c.settled() {
-        if c.now_ms() >= deadline {
-            for i in (0..c.len()).filter(|i| c.is_up(*i)) {
-                eprintln!(
-                    "node {i}: {} now {} timeout {:?}",
-                    c.node(i).blob_debug(),
-                    c.now_ms(),
-                    c.node(i).poll_timeout()
-                );
-                for j in (0..c.len()).filter(|j| *j != i) {
-                    eprintln!("  {i}->{j}: {}", c.node(i).peer_debug(&node_id(j)));
-                }
+    if let Err(l) = c.run_until_settled_syncing(max_ms) {
+        for i in (0..c.len()).filter(|i| c.is_up(*i)) {
+            eprintln!("node {i}: {}", c.node(i).blob_debug());
+            for j in (0..c.len()).filter(|j| *j != i) {
+                eprintln!("  {i}->{j}: {}", c.node(i).peer_debug(&node_id(j)));
             }
         }
-        assert!(
-            c.now_ms() < deadline,
-            "did not settle: pending {:?}, in flight {}, staged {:?}",
-            c.pending(),
-            c.net.in_flight(),
-            (0..c.len())
-                .map(|i| c.is_up(i).then(|| c.node(i).staged_versions()))
-                .collect::<Vec<_>>()
-        );
-        c.run_for(50);
-        for i in 0..c.len() {
-            if c.is_up(i) {
-                c.sync_storage(i);
-            }
-        }
+        panic!("did not settle: {l:?}");
     }
 }
 

@@ -21,24 +21,8 @@ fn audio(seed: u64, len: usize) -> Vec<u8> {
     v
 }
 
-/// Runs with every live node syncing its storage every `step_ms` (explicit
-/// mode), until settled or `max_ms` passed. Returns whether it settled.
 fn settle_syncing(c: &mut Cluster, max_ms: u64) -> bool {
-    let step_ms = 20;
-    let mut waited = 0;
-    while waited < max_ms {
-        for i in 0..c.len() {
-            if c.is_up(i) {
-                c.sync_storage(i);
-            }
-        }
-        if c.settled() {
-            return true;
-        }
-        c.run_for(step_ms);
-        waited += step_ms;
-    }
-    false
+    c.run_until_settled_syncing(max_ms).is_ok()
 }
 
 /// Runs `ms`, syncing only the nodes in `sync`.

@@ -1903,29 +1903,30 @@ impl<S: Storage> Node<S> {
     /// The peer asked for a blob does not hold it whole: ask the next
     /// connected peer we receive from, after a pause.
     fn on_blob_missing(&mut self, peer: NodeId, hash: [u8; 32]) {
-        let now = self.now_ms;
-        let timeout = self.cfg.timing.ack_timeout_ms;
-        let candidates: Vec<NodeId> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.is_up() && p.cfg.receive)
-            .map(|(id, _)| *id)
-            .collect();
+        let deadline_ms = self.now_ms + self.cfg.timing.ack_timeout_ms;
+        let next = self.next_blob_source(peer);
         let Some(f) = self.fetches.get_mut(&hash) else {
             return;
         };
         if f.source != peer {
             return;
         }
-        let next = candidates
-            .iter()
-            .find(|id| **id > peer)
-            .or_else(|| candidates.first())
-            .copied();
         if let Some(next) = next {
             f.source = next;
         }
-        f.deadline_ms = now + timeout;
+        f.deadline_ms = deadline_ms;
+    }
+
+    /// The connected peer we receive from that follows `after` in id order
+    /// (wrapping): where a blob fetch turns next.
+    fn next_blob_source(&self, after: NodeId) -> Option<NodeId> {
+        let up = || {
+            self.peers
+                .iter()
+                .filter(|(_, p)| p.is_up() && p.cfg.receive)
+                .map(|(id, _)| *id)
+        };
+        up().find(|id| *id > after).or_else(|| up().next())
     }
 
     /// Every byte of a fetched blob is here: verify it, then apply the
@@ -2002,18 +2003,19 @@ impl<S: Storage> Node<S> {
             .map(|(h, _)| *h)
             .collect();
         for hash in stale {
-            let up_sources: Vec<NodeId> = self
-                .peers
-                .iter()
-                .filter(|(_, p)| p.is_up() && p.cfg.receive)
-                .map(|(id, _)| *id)
-                .collect();
+            let Some(source) = self.fetches.get(&hash).map(|f| f.source) else {
+                continue;
+            };
+            let source_up = self.peers.get(&source).is_some_and(|p| p.is_up());
+            let next = if source_up {
+                None
+            } else {
+                self.next_blob_source(source)
+            };
             if let Some(f) = self.fetches.get_mut(&hash) {
                 f.deadline_ms = now + (timeout << f.failures.min(8));
-                if !up_sources.contains(&f.source) {
-                    if let Some(other) = up_sources.first() {
-                        f.source = *other;
-                    }
+                if let Some(next) = next {
+                    f.source = next;
                 }
             }
             self.send_want(hash, true);

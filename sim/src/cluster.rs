@@ -657,6 +657,31 @@ impl Cluster {
         }
     }
 
+    /// Like `run_until_settled`, for clusters with `explicit_sync`: makes
+    /// every running node's log durable every 20 ms of simulated time
+    /// (acknowledgements only leave once durable).
+    pub fn run_until_settled_syncing(&mut self, max_ms: u64) -> Result<u64, Livelock> {
+        let start = self.now_ms;
+        loop {
+            for i in 0..self.nodes.len() {
+                if self.is_up(i) {
+                    self.sync_storage(i);
+                }
+            }
+            if self.settled() {
+                return Ok(self.now_ms - start);
+            }
+            if self.now_ms - start >= max_ms {
+                return Err(Livelock {
+                    waited_ms: self.now_ms - start,
+                    in_flight: self.net.in_flight(),
+                    pending: self.pending(),
+                });
+            }
+            self.run_for(20);
+        }
+    }
+
     /// Whether the given nodes have identical state digests.
     pub fn digests_equal(&self, nodes: &[usize]) -> bool {
         let mut d = nodes.iter().map(|&i| self.node(i).state_digest());
