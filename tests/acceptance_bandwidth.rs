@@ -38,6 +38,7 @@ fn acceptance_bandwidth_cap_holds_over_an_hour() {
         .sum();
     let rate = bytes as f64 * 1000.0 / hour_ms as f64;
     let ratio = rate / cap_bytes_per_s as f64;
+    eprintln!("bandwidth: {rate:.1} B/s sent against a cap of {cap_bytes_per_s} B/s over an hour: ratio {ratio:.4}");
     assert!(
         (0.95..=1.05).contains(&ratio),
         "sent {rate:.0} B/s against a cap of {cap_bytes_per_s} B/s (ratio {ratio:.3})"

@@ -87,6 +87,7 @@ fn acceptance_resume_after_100_random_cuts() {
         "exactly every record"
     );
     assert!(c.digests_equal(&[0, 1]));
+    eprintln!("resume: 100 cuts, {resent_total} versions re-sent, all unacknowledged at their cut");
     // The cuts did force re-sends (the test exercised something).
     assert!(resent_total > 0);
 }
