@@ -8,6 +8,7 @@
 
 pub mod blobs;
 pub mod config;
+pub mod disk;
 pub mod event;
 pub mod filter;
 pub mod hlc;
@@ -18,6 +19,7 @@ pub mod peer;
 pub mod policy;
 pub mod record;
 pub mod schedule;
+pub mod seglog;
 pub mod storage;
 pub mod vv;
 pub mod wire;

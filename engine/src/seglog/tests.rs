@@ -1,0 +1,259 @@
+//! Unit tests of the segment log on the simulated disk.
+
+use super::*;
+use crate::disk::{CrashMode, SimFs};
+use crate::ids::{ClusterId, NodeId};
+
+fn body(i: u64) -> EntryBody {
+    // A remote entry with no versions is the smallest body; the cursor
+    // carries the payload we check.
+    EntryBody::BlobReady {
+        from: NodeId(uuid::Uuid::from_u64_pair(i, i)),
+        hash: [i as u8; 32],
+        versions: Vec::new(),
+    }
+}
+
+fn opts(durability: Durability, segment_size: u64) -> LogOptions {
+    LogOptions {
+        segment_size,
+        durability,
+        blob_chunk: 1000,
+        compact_dead_fraction: 0.5,
+    }
+}
+
+fn open(fs: &SimFs, o: &LogOptions) -> SegmentStorage<SimFs> {
+    SegmentStorage::open(fs.clone(), o.clone()).expect("open")
+}
+
+#[test]
+fn entries_survive_reopen_across_segments() {
+    let fs = SimFs::new();
+    let o = opts(Durability::Periodic, 4096);
+    let mut s = open(&fs, &o);
+    for i in 1..=500 {
+        assert_eq!(s.append(&body(i)).unwrap(), i);
+    }
+    s.sync().unwrap();
+    assert!(s.segment_count() > 5, "rotated: {}", s.segment_count());
+    drop(s);
+    let s = open(&fs, &o);
+    assert_eq!(s.last_lsn(), 500);
+    assert_eq!(s.durable_lsn(), 500);
+    let all = s.scan(1, usize::MAX).unwrap();
+    assert_eq!(all.len(), 500);
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.body, body(i as u64 + 1));
+    }
+}
+
+#[test]
+fn a_crash_loses_only_what_was_not_synced() {
+    for mode in [CrashMode::LoseUnsynced, CrashMode::Torn { seed: 7 }] {
+        let fs = SimFs::new();
+        let o = opts(Durability::Periodic, 1 << 20);
+        let mut s = open(&fs, &o);
+        for i in 1..=10 {
+            s.append(&body(i)).unwrap();
+        }
+        s.sync().unwrap();
+        for i in 11..=20 {
+            s.append(&body(i)).unwrap();
+        }
+        fs.crash(mode);
+        let mut s = open(&fs, &o);
+        let last = s.last_lsn();
+        assert!((10..=20).contains(&last), "{mode:?}: {last}");
+        assert_eq!(s.scan(1, 100).unwrap().len() as u64, last);
+        // The log goes on after the cut.
+        assert_eq!(s.append(&body(99)).unwrap(), last + 1);
+        s.sync().unwrap();
+        assert_eq!(check::verify(&fs, "sim").unwrap(), None);
+    }
+}
+
+#[test]
+fn always_mode_syncs_every_append() {
+    let fs = SimFs::new();
+    let mut s = open(&fs, &opts(Durability::Always, 1 << 20));
+    let before = fs.stats().data_syncs;
+    for i in 1..=5 {
+        s.append(&body(i)).unwrap();
+        assert_eq!(s.durable_lsn(), i);
+    }
+    assert_eq!(fs.stats().data_syncs - before, 5);
+    fs.crash(CrashMode::LoseUnsynced);
+    assert_eq!(open(&fs, &opts(Durability::Always, 1 << 20)).last_lsn(), 5);
+}
+
+#[test]
+fn releases_persist_and_compaction_reclaims_space() {
+    let fs = SimFs::new();
+    let o = opts(Durability::Periodic, 4096);
+    let mut s = open(&fs, &o);
+    for i in 1..=400 {
+        s.append(&body(i)).unwrap();
+    }
+    for i in 1..=400 {
+        if i % 10 != 0 {
+            s.release(i).unwrap();
+        }
+    }
+    s.sync().unwrap();
+    let before = s.disk_bytes();
+    let stats = s.compact().unwrap();
+    assert!(stats.segments_removed > 0);
+    assert!(
+        s.disk_bytes() < before / 2,
+        "{} -> {}",
+        before,
+        s.disk_bytes()
+    );
+    let kept: Vec<u64> = s.scan(1, 1000).unwrap().iter().map(|e| e.lsn).collect();
+    assert_eq!(kept, (1..=40).map(|i| i * 10).collect::<Vec<_>>());
+    drop(s);
+    let mut s = open(&fs, &o);
+    let again: Vec<u64> = s.scan(1, 1000).unwrap().iter().map(|e| e.lsn).collect();
+    assert_eq!(again, kept);
+    assert_eq!(s.last_lsn(), 400);
+    assert_eq!(s.first_retained_lsn(), 10);
+    assert_eq!(s.append(&body(1)).unwrap(), 401, "no LSN reused");
+}
+
+#[test]
+fn releasing_the_tail_then_compacting_never_reuses_lsns() {
+    let fs = SimFs::new();
+    let o = opts(Durability::Periodic, 2048);
+    let mut s = open(&fs, &o);
+    for i in 1..=100 {
+        s.append(&body(i)).unwrap();
+    }
+    for i in 1..=100 {
+        s.release(i).unwrap();
+    }
+    s.sync().unwrap();
+    s.compact().unwrap();
+    drop(s);
+    let mut s = open(&fs, &o);
+    assert_eq!(s.retained(), 0);
+    assert_eq!(s.append(&body(1)).unwrap(), 101);
+}
+
+#[test]
+fn skip_to_is_durable() {
+    let fs = SimFs::new();
+    let o = opts(Durability::Periodic, 1 << 20);
+    let mut s = open(&fs, &o);
+    s.append(&body(1)).unwrap();
+    s.skip_to(50).unwrap();
+    fs.crash(CrashMode::LoseUnsynced);
+    let mut s = open(&fs, &o);
+    assert_eq!(s.last_lsn(), 50);
+    assert_eq!(s.append(&body(2)).unwrap(), 51);
+}
+
+#[test]
+fn meta_is_replaced_atomically() {
+    let fs = SimFs::new();
+    let o = opts(Durability::Periodic, 1 << 20);
+    let mut s = open(&fs, &o);
+    assert_eq!(s.load_meta().unwrap(), None);
+    let mut meta = NodeMeta {
+        node: NodeId(uuid::Uuid::from_u64_pair(1, 2)),
+        cluster: ClusterId(uuid::Uuid::from_u64_pair(3, 4)),
+        log_id: crate::ReplicaId(uuid::Uuid::from_u64_pair(5, 6)),
+        replica: crate::ReplicaId(uuid::Uuid::from_u64_pair(7, 8)),
+        counters_reserved: 1000,
+        lsns_reserved: 2000,
+        lost_ranges: Vec::new(),
+        peer_acked: BTreeMap::new(),
+    };
+    s.store_meta(&meta).unwrap();
+    meta.counters_reserved = 3000;
+    s.store_meta(&meta).unwrap();
+    fs.crash(CrashMode::LoseUnsynced);
+    let mut s = open(&fs, &o);
+    assert_eq!(s.load_meta().unwrap(), Some(meta));
+}
+
+#[test]
+fn blobs_stream_in_chunks_and_a_torn_last_chunk_is_cut() {
+    let fs = SimFs::new();
+    let o = opts(Durability::Periodic, 1 << 20);
+    let mut s = open(&fs, &o);
+    let id = [9u8; 32];
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    s.blob_append(&id, 0, &data[..4500]).unwrap();
+    s.blob_append(&id, 4500, &data[4500..]).unwrap();
+    assert!(
+        s.blob_append(&id, 5, b"x").is_err(),
+        "offset must be the length"
+    );
+    assert_eq!(s.blob_len(&id), 10_000);
+    assert_eq!(s.blob_read(&id, 0, 10_000).unwrap(), data);
+    assert_eq!(s.blob_read(&id, 995, 1010).unwrap(), &data[995..2005]);
+    s.sync().unwrap();
+    s.blob_append(&id, 10_000, &[1u8; 700]).unwrap();
+    fs.crash(CrashMode::Torn { seed: 3 });
+    let s = open(&fs, &o);
+    let len = s.blob_len(&id);
+    assert!(len == 10_000 || len == 10_700, "{len}");
+    assert_eq!(s.blob_read(&id, 0, 10_000).unwrap(), data);
+}
+
+#[test]
+fn a_flipped_blob_bit_is_an_error_naming_the_place() {
+    let fs = SimFs::new();
+    let o = opts(Durability::Periodic, 1 << 20);
+    let mut s = open(&fs, &o);
+    let id = [4u8; 32];
+    s.blob_append(&id, 0, &[5u8; 3000]).unwrap();
+    s.sync().unwrap();
+    drop(s);
+    let path = Path::new(BLOB_DIR).join(blobstore::blob_name(&id));
+    fs.flip_bit(&path, 1500, 2).unwrap();
+    let s = open(&fs, &o);
+    let err = s.blob_read(&id, 0, 3000).unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Corrupt { location, .. } if location.contains("offset 1016")),
+        "{err}"
+    );
+    let p = check::verify(&fs, "sim").unwrap().expect("a problem");
+    assert!(p.location.contains(".blob offset 1016"), "{p:?}");
+}
+
+#[test]
+fn a_failed_sync_fails_the_log_for_good() {
+    let fs = SimFs::new();
+    let o = opts(Durability::Periodic, 1 << 20);
+    let mut s = open(&fs, &o);
+    s.append(&body(1)).unwrap();
+    fs.set_faults(crate::disk::SimFaults {
+        failing_syncs: 1,
+        ..Default::default()
+    });
+    assert!(s.sync().is_err());
+    assert!(s.append(&body(2)).is_err(), "no write after a failed fsync");
+    assert!(s.sync().is_err());
+    assert_eq!(s.durable_lsn(), 0);
+}
+
+#[test]
+fn a_full_disk_is_a_typed_error() {
+    let fs = SimFs::new();
+    let o = opts(Durability::Periodic, 4096);
+    let mut s = open(&fs, &o);
+    fs.set_faults(crate::disk::SimFaults {
+        capacity: Some(fs.used_bytes() + 100),
+        ..Default::default()
+    });
+    let mut err = None;
+    for i in 1..100 {
+        if let Err(e) = s.append(&body(i)) {
+            err = Some(e);
+            break;
+        }
+    }
+    assert!(matches!(err, Some(StorageError::Full { .. })), "{err:?}");
+}
