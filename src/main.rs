@@ -11,8 +11,11 @@
 //! time and takes a few milliseconds. It exits with 1 if the nodes do not
 //! converge.
 //!
-//! Later subcommands (inspecting and verifying segment files) will join it;
-//! the argument parsing is `std::env::args` on purpose until then.
+//! `recsync inspect DIR` and `recsync verify DIR` read a node's data
+//! directory (see `tool.rs`). The argument parsing is `std::env::args`: three
+//! fixed command shapes do not need a parser crate yet.
+
+mod tool;
 
 use recsync_engine::{Body, ConflictReport, Event, Key, NodeId, Resolution, Version, WriteOp};
 use recsync_sim::cluster::{index_of, labels, node_id, put_req, ClusterBuilder};
@@ -27,6 +30,13 @@ recsync: multi-master asynchronous replication for call-recording servers
 Usage:
   recsync [demo]     run the demo: a 3-node cluster simulated in-process,
                      a partition, divergent writes, heal, conflicts, convergence
+  recsync inspect DIR
+                     print a data directory: segments, entries, per-origin
+                     counters, blobs, and the first bad checksum if any
+  recsync verify DIR check every checksum in a data directory; exit 0 when
+                     clean, 1 on corruption (prints the first bad location),
+                     3 when only the last write was torn by a crash (opening
+                     the log cuts it), 4 when DIR is not a data directory
   recsync help       print this help (also --help, -h)
 ";
 
@@ -42,6 +52,12 @@ fn main() -> ExitCode {
             // A closed stdout (`recsync help | head -1`) is not an error.
             let _ = std::io::stdout().write_all(USAGE.as_bytes());
             ExitCode::SUCCESS
+        }
+        ["inspect", dir] => tool::inspect(dir),
+        ["verify", dir] => tool::verify(dir),
+        ["inspect" | "verify"] => usage_error("give the node's data directory"),
+        ["inspect" | "verify", _, extra, ..] => {
+            usage_error(&format!("one data directory only, got also {extra:?}"))
         }
         ["demo", extra, ..] => usage_error(&format!("demo takes no arguments, got {extra:?}")),
         [other, ..] => usage_error(&format!("unknown command {other:?}")),

@@ -6,12 +6,15 @@
 //! A drive that does not settle reports a [`Livelock`] instead of hanging.
 
 use crate::net::{NetConfig, Network};
+use crate::store::{SimStore, StoreKind};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use recsync_engine::disk::CrashMode;
+use recsync_engine::seglog::LogOptions;
 use recsync_engine::wire::{decode_frame, Message, FRAME_PAYLOAD_LEN_MAX};
 use recsync_engine::{
-    BlobRef, ClusterId, Dot, Event, Key, Labels, MemStorage, MemSync, Node, NodeConfig, NodeId,
-    Output, PeerConfig, PutRequest, Schedule, WriteError, WriteOp, WriteReceipt,
+    BlobRef, ClusterId, Dot, Event, Key, Labels, MemSync, Node, NodeConfig, NodeId, Output,
+    PeerConfig, PutRequest, Schedule, WriteError, WriteOp, WriteReceipt,
 };
 
 /// Where simulated time starts: 2026-01-01T00:00:00Z.
@@ -48,9 +51,9 @@ pub struct Livelock {
 
 struct SimNode {
     cfg: NodeConfig,
-    node: Option<Node<MemStorage>>,
+    node: Option<Node<SimStore>>,
     /// Storage of a crashed node, until restart.
-    parked: Option<MemStorage>,
+    parked: Option<SimStore>,
     events: Vec<Event>,
     restarts: u64,
 }
@@ -60,7 +63,7 @@ pub struct ClusterBuilder {
     seed: u64,
     configs: Vec<NodeConfig>,
     net: NetConfig,
-    sync: MemSync,
+    store: StoreKind,
 }
 
 impl ClusterBuilder {
@@ -73,7 +76,7 @@ impl ClusterBuilder {
             seed,
             configs,
             net: NetConfig::default(),
-            sync: MemSync::Immediate,
+            store: StoreKind::Mem(MemSync::Immediate),
         }
     }
 
@@ -142,7 +145,15 @@ impl ClusterBuilder {
 
     /// Storage syncs only when the harness says (crashes lose the rest).
     pub fn explicit_sync(mut self) -> Self {
-        self.sync = MemSync::Explicit;
+        self.store = StoreKind::Mem(MemSync::Explicit);
+        self
+    }
+
+    /// Nodes run on the real segment log over a simulated disk each; like
+    /// `explicit_sync`, the log is durable only when the harness syncs it,
+    /// and a crash loses (or tears) the rest.
+    pub fn on_disk(mut self, opts: LogOptions) -> Self {
+        self.store = StoreKind::Disk(opts);
         self
     }
 
@@ -152,7 +163,10 @@ impl ClusterBuilder {
             .configs
             .into_iter()
             .map(|cfg| {
-                let storage = MemStorage::new(self.sync);
+                let storage = match self.store.fresh() {
+                    Ok(s) => s,
+                    Err(e) => panic!("harness storage for {:?} failed: {e}", cfg.node),
+                };
                 let node = Node::open(cfg.clone(), storage, EPOCH_MS, rng.gen());
                 let node = match node {
                     Ok(n) => n,
@@ -173,7 +187,7 @@ impl ClusterBuilder {
             nodes,
             net: Network::new(self.net),
             sent: Vec::new(),
-            sync: self.sync,
+            store: self.store,
             clock_offset_ms: Vec::new(),
         };
         c.clock_offset_ms = vec![0; c.nodes.len()];
@@ -190,7 +204,7 @@ pub struct Cluster {
     pub net: Network,
     /// Every batch sent, in order.
     pub sent: Vec<SentBatch>,
-    sync: MemSync,
+    store: StoreKind,
     /// Per-node clock skew (the time a node is told is `now + offset`).
     clock_offset_ms: Vec<i64>,
 }
@@ -220,14 +234,14 @@ impl Cluster {
     }
 
     /// The running node `i` (panics if it is crashed: a test bug).
-    pub fn node(&self, i: usize) -> &Node<MemStorage> {
+    pub fn node(&self, i: usize) -> &Node<SimStore> {
         match &self.nodes[i].node {
             Some(n) => n,
             None => panic!("node {i} is down"),
         }
     }
 
-    pub fn node_mut(&mut self, i: usize) -> &mut Node<MemStorage> {
+    pub fn node_mut(&mut self, i: usize) -> &mut Node<SimStore> {
         match &mut self.nodes[i].node {
             Some(n) => n,
             None => panic!("node {i} is down"),
@@ -350,11 +364,23 @@ impl Cluster {
 
     /// Crashes node `i`: connections drop, unsynced log entries are lost.
     pub fn crash(&mut self, i: usize) {
+        let mode = match self.store {
+            StoreKind::Mem(_) => CrashMode::LoseUnsynced,
+            StoreKind::Disk(_) => CrashMode::Torn {
+                seed: self.rng.gen(),
+            },
+        };
+        self.crash_with(i, mode);
+    }
+
+    /// Crashes node `i`, choosing what its disk keeps of unsynced writes.
+    pub fn crash_with(&mut self, i: usize, mode: CrashMode) {
         self.cut_all(i);
         if let Some(n) = self.nodes[i].node.take() {
-            let mut s = n.into_storage();
-            s.crash();
-            self.nodes[i].parked = Some(s);
+            match n.into_storage().crash(mode) {
+                Ok(s) => self.nodes[i].parked = Some(s),
+                Err(e) => panic!("node {i}'s storage does not reopen after a crash: {e}"),
+            }
         }
     }
 
@@ -373,18 +399,27 @@ impl Cluster {
             self.crash(i);
         }
         self.nodes[i].parked = None;
-        self.start(i, MemStorage::new(self.sync));
+        let fresh = self.fresh_store();
+        self.start(i, fresh);
+    }
+
+    fn fresh_store(&self) -> SimStore {
+        match self.store.fresh() {
+            Ok(s) => s,
+            Err(e) => panic!("fresh storage failed: {e}"),
+        }
     }
 
     /// A copy of node `i`'s storage as it is now (an operator's backup).
-    pub fn backup(&self, i: usize) -> MemStorage {
-        let mut s = self.node(i).storage().clone();
-        s.sync();
-        s
+    pub fn backup(&mut self, i: usize) -> SimStore {
+        match self.node_mut(i).storage_mut().backup() {
+            Ok(s) => s,
+            Err(e) => panic!("backup of node {i} failed: {e}"),
+        }
     }
 
     /// Stops node `i` and starts it again on a backup taken earlier.
-    pub fn restore(&mut self, i: usize, backup: MemStorage) {
+    pub fn restore(&mut self, i: usize, backup: SimStore) {
         if self.is_up(i) {
             self.crash(i);
         }
@@ -398,10 +433,10 @@ impl Cluster {
         if self.is_up(i) {
             self.crash_clean(i);
         }
-        let storage = self.nodes[i]
-            .parked
-            .take()
-            .unwrap_or_else(|| MemStorage::new(self.sync));
+        let storage = match self.nodes[i].parked.take() {
+            Some(s) => s,
+            None => self.fresh_store(),
+        };
         self.start(i, storage);
     }
 
@@ -410,12 +445,14 @@ impl Cluster {
         self.cut_all(i);
         if let Some(n) = self.nodes[i].node.take() {
             let mut s = n.into_storage();
-            s.sync();
+            if let Err(e) = s.sync() {
+                panic!("node {i}'s storage failed to sync at shutdown: {e}");
+            }
             self.nodes[i].parked = Some(s);
         }
     }
 
-    fn start(&mut self, i: usize, storage: MemStorage) {
+    fn start(&mut self, i: usize, storage: SimStore) {
         let seed = self.rng.gen();
         let t = self.node_time(i);
         let cfg = self.nodes[i].cfg.clone();
@@ -431,7 +468,9 @@ impl Cluster {
     pub fn sync_storage(&mut self, i: usize) {
         let t = self.node_time(i);
         if let Some(n) = self.nodes[i].node.as_mut() {
-            n.storage_mut().sync();
+            // A failed sync leaves the durable point where it was; the node
+            // keeps not acknowledging past it.
+            let _ = n.storage_mut().sync();
             n.handle_durable(t);
         }
         self.drain(i);

@@ -7,6 +7,8 @@
 
 pub mod cluster;
 pub mod net;
+pub mod store;
 
 pub use cluster::{Cluster, ClusterBuilder, Livelock, SentBatch};
 pub use net::NetConfig;
+pub use store::{SimStore, StoreKind};

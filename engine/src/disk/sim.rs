@@ -50,7 +50,7 @@ pub struct SimStats {
 #[derive(Clone, Debug, Default)]
 pub struct SimFs(Arc<Mutex<State>>);
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct State {
     files: BTreeMap<u64, FileData>,
     names: BTreeMap<PathBuf, u64>,
@@ -63,7 +63,7 @@ struct State {
     stats: SimStats,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct FileData {
     /// Bytes past `data.len()` (up to `len`) read as zeros.
     data: Vec<u8>,
@@ -72,7 +72,7 @@ struct FileData {
     undo: Vec<Undo>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Undo {
     Write {
         offset: u64,
@@ -239,6 +239,14 @@ impl SimFs {
                 }
             }
         }
+    }
+
+    /// An independent copy of the whole disk as it is now (unsynced bytes
+    /// included): an operator's file-level backup.
+    pub fn deep_clone(&self) -> SimFs {
+        let mut st = self.state().clone();
+        st.generation += 1;
+        SimFs(Arc::new(Mutex::new(st)))
     }
 
     /// Sets the faults to inject from now on.
