@@ -133,14 +133,17 @@ pub trait Storage {
     fn skip_to(&mut self, lsn: Lsn) -> Result<(), StorageError>;
 
     /// Appends bytes to a blob at `offset`, which must be its present
-    /// length. Blob bytes are durable before any later log append.
+    /// length. Blob bytes are durable no later than any log entry appended
+    /// after them (a crash may cut an unfinished blob short).
     fn blob_append(&mut self, id: &BlobId, offset: u64, data: &[u8]) -> Result<(), StorageError>;
     /// Bytes of the blob present (0 if none).
     fn blob_len(&self, id: &BlobId) -> u64;
     /// Reads `len` bytes at `offset` (fewer at the end).
     fn blob_read(&self, id: &BlobId, offset: u64, len: usize) -> Result<Vec<u8>, StorageError>;
     /// Renames a blob (a finished upload takes its content hash); replaces
-    /// any blob already named `to`.
+    /// any blob already named `to`. The blob, bytes and name, is durable
+    /// when this returns: versions naming it may ship before the log entry
+    /// that holds them is durable, and must still find it after a crash.
     fn blob_rename(&mut self, from: &BlobId, to: &BlobId) -> Result<(), StorageError>;
     fn blob_remove(&mut self, id: &BlobId) -> Result<(), StorageError>;
 }

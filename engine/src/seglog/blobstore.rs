@@ -334,17 +334,24 @@ impl<V: Vfs> BlobStore<V> {
         if !self.load(from)? {
             return Ok(());
         }
+        // A finished blob is durable, bytes and name, before anything can
+        // refer to it: a version may be shipped before the log entry naming
+        // it is durable, and its blob must outlive a crash of this node.
+        if self.dirty.remove(from) {
+            if let Some(b) = self.open.borrow().get(from) {
+                b.file.sync_data().map_err(|e| io_err("blob sync", e))?;
+            }
+        }
         self.vfs
             .rename(&self.path(from), &self.path(to))
             .map_err(|e| io_err("blob_rename", e))?;
+        self.vfs
+            .sync_dir(&self.dir)
+            .map_err(|e| io_err("blob directory sync", e))?;
         let mut open = self.open.borrow_mut();
         if let Some(b) = open.remove(from) {
             open.insert(*to, b);
         }
-        if self.dirty.remove(from) {
-            self.dirty.insert(*to);
-        }
-        self.dir_dirty = true;
         Ok(())
     }
 
