@@ -376,7 +376,7 @@ fn acceptance_storage_corruption_tool_rejects_bad_paths() {
 // ---------------------------------------------------------------- truncation
 
 #[test]
-fn acceptance_storage_truncate_under_map() {
+fn acceptance_storage_truncate_under_map_errors_not_sigbus() {
     let dir = tempfile::tempdir().expect("tempdir");
     let fs = RealFs::new(dir.path());
     let mut s =
