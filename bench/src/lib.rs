@@ -4,7 +4,9 @@
 //! the public sans-IO API (no simulator in between).
 //!
 //! Run with `cargo bench -p recsync-bench`. Everything here is in memory
-//! (`MemStorage`), so the figures measure the engine's CPU cost, not disks.
+//! (`MemStorage`), so the `core` figures measure the engine's CPU cost, not
+//! disks; `benches/storage.rs` measures the segment log on the real disk
+//! (`scripts/bench_storage.sh` runs it and sums up against its targets).
 
 use recsync_engine::hlc::Hlc;
 use recsync_engine::wire::{encode_frame, Batch, Cursor, Hello, Message, Position};

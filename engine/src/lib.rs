@@ -7,6 +7,7 @@
 //! [`Storage`] trait. See `ARCHITECTURE.md` at the repository root.
 
 pub mod blobs;
+pub mod canary;
 pub mod config;
 pub mod disk;
 pub mod event;

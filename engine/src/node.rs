@@ -22,6 +22,7 @@ use crate::blobs::{
     BlobError, BlobUpload, Fetch, Serve, BLOB_CHUNK_BYTES, BLOB_VERIFY_READ_BYTES,
     BLOB_WINDOW_CHUNKS,
 };
+use crate::canary::{self, Canary};
 use crate::config::{ConfigError, NodeConfig, PeerConfig};
 use crate::event::{Event, SessionEnd};
 use crate::hlc::{Hlc, HlcClock};
@@ -307,11 +308,21 @@ impl<S: Storage> Node<S> {
             meta.lost_ranges.drain(..excess);
         }
         node.lost_own_counters = meta.lost_ranges.clone();
-        meta.replica = ReplicaId(uuid::Builder::from_random_bytes(node.rng.gen()).into_uuid());
-        meta.counters_reserved = 0;
-        node.storage.store_meta(&meta)?;
-        node.meta = meta;
-        node.counter = 0;
+        let fresh = ReplicaId(uuid::Builder::from_random_bytes(node.rng.gen()).into_uuid());
+        if canary::on(Canary::DotOriginReused) {
+            meta.lost_ranges.retain(|r| r.0 != previous);
+            node.lost_own_counters = meta.lost_ranges.clone();
+            meta.counters_reserved = kept;
+            node.storage.store_meta(&meta)?;
+            node.meta = meta;
+            node.counter = kept;
+        } else {
+            meta.replica = fresh;
+            meta.counters_reserved = 0;
+            node.storage.store_meta(&meta)?;
+            node.meta = meta;
+            node.counter = 0;
+        }
         // Entries peers may have seen and a crash lost: never reuse their
         // positions.
         if node.storage.last_lsn() < node.meta.lsns_reserved {
@@ -428,6 +439,11 @@ impl<S: Storage> Node<S> {
     }
 
     /// Every key the node holds state for (deleted ones included), in order.
+    /// One key's state (frontier and what was seen), if the key is known.
+    pub fn key_state(&self, key: &Key) -> Option<&KeyState> {
+        self.keys.get(key)
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = (&Key, &KeyState)> {
         self.keys.iter()
     }
@@ -984,7 +1000,21 @@ impl<S: Storage> Node<S> {
                 .map_err(SessionError::Storage)?;
         }
         if let Some(p) = self.peers.get_mut(&peer) {
-            p.pop_acked(&start);
+            let popped = match start.pos {
+                Position::Log { lsn } if canary::on(Canary::ResumeCursorOffByOne) => Cursor {
+                    replica: start.replica,
+                    pos: Position::Log {
+                        lsn: p
+                            .backlog
+                            .iter()
+                            .map(|b| b.lsn)
+                            .find(|l| *l > lsn)
+                            .unwrap_or(lsn),
+                    },
+                },
+                _ => start,
+            };
+            p.pop_acked(&popped);
         }
         Ok(())
     }
@@ -1159,7 +1189,11 @@ impl<S: Storage> Node<S> {
     }
 
     fn release_gated(&mut self) {
-        let durable = self.storage.durable_lsn();
+        let durable = if canary::on(Canary::AckBeforeDurable) {
+            Lsn::MAX
+        } else {
+            self.storage.durable_lsn()
+        };
         while self.gated.front().is_some_and(|g| g.lsn <= durable) {
             let Some(g) = self.gated.pop_front() else {
                 break;
@@ -1525,7 +1559,17 @@ impl<S: Storage> Node<S> {
                     }
                     // The entry may have been released only if nobody needs it.
                     if let Some(entry) = self.storage.read(item.lsn)? {
-                        for v in entry.body.versions().iter().filter(|v| wanted(v)) {
+                        let relayed = entry.body.source().is_some();
+                        let planted = |v: &&Version| {
+                            if relayed && canary::on(Canary::FilterNotAppliedOnRelay) {
+                                return v.dot.replica != remote || p.echoes(v);
+                            }
+                            !(relayed
+                                && v.body.is_tombstone()
+                                && canary::on(Canary::TombstoneNotRelayed))
+                                && wanted(v)
+                        };
+                        for v in entry.body.versions().iter().filter(planted) {
                             bytes += v.size_bytes();
                             versions.push(v.clone());
                         }
@@ -1572,6 +1616,9 @@ impl<S: Storage> Node<S> {
                 // Kept while a version stands, or while what superseded it is
                 // not yet durable (a crash could still take that away).
                 let standing = e.body.versions().iter().any(|v| {
+                    if v.body.is_tombstone() && canary::on(Canary::TrimDropsLiveTombstone) {
+                        return false;
+                    }
                     self.keys.get(&v.key).is_some_and(|s| {
                         s.siblings
                             .iter()
@@ -1764,6 +1811,9 @@ impl<S: Storage> Node<S> {
         });
         if w.restart {
             s.sent = w.offset;
+            if canary::on(Canary::BlobChunkSkippedOnResume) && w.offset > 0 {
+                s.sent = (w.offset + crate::blobs::BLOB_CHUNK_BYTES as u64).min(s.len);
+            }
         }
         if w.offset >= s.acked {
             s.acked = w.offset;

@@ -13,8 +13,8 @@ use recsync_engine::disk::CrashMode;
 use recsync_engine::seglog::LogOptions;
 use recsync_engine::wire::{decode_frame, Message, FRAME_PAYLOAD_LEN_MAX};
 use recsync_engine::{
-    BlobRef, ClusterId, Dot, Event, Key, Labels, MemSync, Node, NodeConfig, NodeId, Output,
-    PeerConfig, PutRequest, Schedule, WriteError, WriteOp, WriteReceipt,
+    BlobError, BlobRef, ClusterId, Dot, Event, Key, Labels, MemSync, Node, NodeConfig, NodeId,
+    Output, PeerConfig, PutRequest, Schedule, WriteError, WriteOp, WriteReceipt,
 };
 
 /// Where simulated time starts: 2026-01-01T00:00:00Z.
@@ -189,6 +189,9 @@ impl ClusterBuilder {
             sent: Vec::new(),
             store: self.store,
             clock_offset_ms: Vec::new(),
+            trace: blake3::Hasher::new(),
+            bytes_sent: 0,
+            trace_lines: None,
         };
         c.clock_offset_ms = vec![0; c.nodes.len()];
         c.drain_all();
@@ -207,11 +210,45 @@ pub struct Cluster {
     store: StoreKind,
     /// Per-node clock skew (the time a node is told is `now + offset`).
     clock_offset_ms: Vec<i64>,
+    /// Everything that crossed the network and every event, hashed in
+    /// order: two runs of one seed must end with the same hash.
+    trace: blake3::Hasher,
+    /// Frame bytes handed to the network.
+    pub bytes_sent: u64,
+    /// Readable trace lines, when asked for (`record_trace`).
+    trace_lines: Option<Vec<String>>,
 }
 
 impl Cluster {
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// The hash of everything sent and every event so far.
+    pub fn trace_hash(&self) -> [u8; 32] {
+        *self.trace.finalize().as_bytes()
+    }
+
+    /// Starts keeping readable trace lines (see `take_trace`).
+    pub fn record_trace(&mut self) {
+        self.trace_lines.get_or_insert_with(Vec::new);
+    }
+
+    /// Adds a line to the trace (and its hash).
+    pub fn note(&mut self, line: impl FnOnce() -> String) {
+        let l = format!("{:>10} {}", self.now_ms - EPOCH_MS, line());
+        self.trace.update(l.as_bytes());
+        if let Some(t) = self.trace_lines.as_mut() {
+            t.push(l);
+        }
+    }
+
+    /// The trace lines recorded so far.
+    pub fn take_trace(&mut self) -> Vec<String> {
+        self.trace_lines
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -282,17 +319,30 @@ impl Cluster {
 
     /// Uploads a blob on node `i`, in 100 KiB writes.
     pub fn upload_blob(&mut self, i: usize, data: &[u8]) -> BlobRef {
-        let node = self.node_mut(i);
-        let mut up = node.blob_begin();
-        for piece in data.chunks(100 << 10) {
-            if let Err(e) = node.blob_write(&mut up, piece) {
-                panic!("blob upload on node {i} failed: {e}");
-            }
-        }
-        match node.blob_finish(up) {
+        match self.try_upload_blob(i, data) {
             Ok(b) => b,
             Err(e) => panic!("blob upload on node {i} failed: {e}"),
         }
+    }
+
+    /// Uploads a blob on node `i`; a failing disk makes it an error.
+    pub fn try_upload_blob(&mut self, i: usize, data: &[u8]) -> Result<BlobRef, BlobError> {
+        let node = self.node_mut(i);
+        let mut up = node.blob_begin();
+        for piece in data.chunks(100 << 10) {
+            node.blob_write(&mut up, piece)?;
+        }
+        node.blob_finish(up)
+    }
+
+    /// Node `i`, if it is running.
+    pub fn node_mut_if_up(&mut self, i: usize) -> Option<&mut Node<SimStore>> {
+        self.nodes.get_mut(i).and_then(|n| n.node.as_mut())
+    }
+
+    /// Node `i`'s configuration (also while it is down).
+    pub fn node_config(&self, i: usize) -> &NodeConfig {
+        &self.nodes[i].cfg
     }
 
     /// Writes a recording with its blob on node `i`.
@@ -445,8 +495,12 @@ impl Cluster {
         self.cut_all(i);
         if let Some(n) = self.nodes[i].node.take() {
             let mut s = n.into_storage();
-            if let Err(e) = s.sync() {
-                panic!("node {i}'s storage failed to sync at shutdown: {e}");
+            // A storage that failed cannot sync: the shutdown is a crash.
+            if s.sync().is_err() {
+                s = match s.crash(CrashMode::LoseUnsynced) {
+                    Ok(s) => s,
+                    Err(e) => panic!("node {i}'s storage does not reopen after a crash: {e}"),
+                };
             }
             self.nodes[i].parked = Some(s);
         }
@@ -500,6 +554,11 @@ impl Cluster {
             };
             let out = node.poll_output();
             while let Some(e) = node.poll_event() {
+                let line = format!("n{i} event {e:?}");
+                self.trace.update(line.as_bytes());
+                if let Some(t) = self.trace_lines.as_mut() {
+                    t.push(format!("{:>10} {line}", self.now_ms - EPOCH_MS));
+                }
                 sim.events.push(e);
             }
             let Some(out) = out else { return };
@@ -507,6 +566,21 @@ impl Cluster {
                 Output::Connect { peer } => self.connect(i, index_of(peer)),
                 Output::Transmit { peer, frame } => {
                     let to = index_of(peer);
+                    self.trace.update(&self.now_ms.to_le_bytes());
+                    self.trace.update(&[i as u8, to as u8]);
+                    self.trace.update(&frame);
+                    self.bytes_sent += frame.len() as u64;
+                    if let Some(t) = self.trace_lines.as_mut() {
+                        let what = match decode_frame(&frame, FRAME_PAYLOAD_LEN_MAX) {
+                            Ok((m, _)) => message_summary(&m),
+                            Err(e) => format!("bad frame: {e}"),
+                        };
+                        t.push(format!(
+                            "{:>10} n{i} -> n{to} {what} ({} bytes)",
+                            self.now_ms - EPOCH_MS,
+                            frame.len()
+                        ));
+                    }
                     self.record_sent(i, to, &frame);
                     let now = self.now_ms;
                     self.net.send(&mut self.rng, now, i, to, frame);
@@ -730,6 +804,26 @@ impl Cluster {
 }
 
 /// The harness index of a node id.
+/// One line about a message, for the readable trace.
+fn message_summary(m: &Message) -> String {
+    match m {
+        Message::Batch(b) => format!(
+            "batch of {}: {}",
+            b.versions.len(),
+            b.versions
+                .iter()
+                .take(4)
+                .map(|v| format!("{}#{}", v.key, v.dot.counter))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        other => {
+            let s = format!("{other:?}");
+            s.chars().take(120).collect()
+        }
+    }
+}
+
 pub fn index_of(id: NodeId) -> usize {
     (id.0.as_u128() - 0xA000) as usize
 }

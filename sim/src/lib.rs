@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod net;
 pub mod store;
+pub mod swarm;
 
 pub use cluster::{Cluster, ClusterBuilder, Livelock, SentBatch};
 pub use net::NetConfig;

@@ -1,0 +1,348 @@
+//! The oracle: what must hold once the faults stop and the links heal.
+//!
+//! It knows every version written (from the write receipts), which were
+//! acknowledged (durable at their origin), which may legitimately be gone
+//! (never durable, or durable only on a node that was wiped), and where each
+//! version should go (the configured links, their directions and filters).
+//! Each check names the first broken invariant with node, key and versions.
+
+use super::plan::{Knobs, CLASSES};
+use crate::cluster::{node_id, Cluster, SentBatch};
+use recsync_engine::{Dot, Event, Key, Version};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The first invariant found broken.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.invariant, self.detail)
+    }
+}
+
+fn fail(invariant: &'static str, detail: String) -> Result<(), Failure> {
+    Err(Failure { invariant, detail })
+}
+
+/// A version the workload wrote.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub origin: usize,
+    pub version: Version,
+    pub at_ms: u64,
+    /// Durable at its origin (the application was told so).
+    pub acked: bool,
+    /// Durable only on a node that was wiped: it may be gone.
+    pub excused: bool,
+}
+
+/// What the oracle knows.
+#[derive(Default)]
+pub struct Model {
+    pub written: BTreeMap<Dot, Written>,
+    /// The dots written per key.
+    pub by_key: BTreeMap<Key, Vec<Dot>>,
+    /// Directed links: (from, to) -> class index never carried.
+    pub links: BTreeMap<(usize, usize), Option<u8>>,
+    pub nodes: usize,
+}
+
+/// The class index of a key of the workload.
+pub fn class_of(key: u32) -> usize {
+    if key & 0x1_0000 != 0 {
+        3
+    } else {
+        [0, 1, 2, 4][(key % 4) as usize]
+    }
+}
+
+pub fn key_of(key: u32) -> Key {
+    Key::from_u128(0x5157_0000_0000 + key as u128)
+}
+
+fn short(d: &Dot) -> String {
+    format!("{}#{}", &d.replica.0.to_string()[..8], d.counter)
+}
+
+impl Model {
+    pub fn new(knobs: &Knobs) -> Self {
+        Self {
+            written: BTreeMap::new(),
+            by_key: BTreeMap::new(),
+            links: knobs
+                .links
+                .iter()
+                .map(|l| ((l.from, l.to), l.exclude_class))
+                .collect(),
+            nodes: knobs.nodes,
+        }
+    }
+
+    /// Records a new version; a dot seen before is a reuse.
+    pub fn record(&mut self, origin: usize, version: Version, at_ms: u64) -> Result<(), Failure> {
+        if let Some(old) = self.written.get(&version.dot) {
+            return fail(
+                "no dot reused",
+                format!(
+                    "node {origin} wrote {} for key {}, already used by node {} for key {}",
+                    short(&version.dot),
+                    version.key,
+                    old.origin,
+                    old.version.key
+                ),
+            );
+        }
+        self.by_key
+            .entry(version.key)
+            .or_default()
+            .push(version.dot);
+        self.written.insert(
+            version.dot,
+            Written {
+                origin,
+                version,
+                at_ms,
+                acked: false,
+                excused: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// The nodes a version of class `class` written at `origin` must reach.
+    pub fn reach(&self, origin: usize, class: usize) -> BTreeSet<usize> {
+        let mut seen = BTreeSet::from([origin]);
+        let mut todo = vec![origin];
+        while let Some(a) = todo.pop() {
+            for (&(from, to), excl) in &self.links {
+                if from == a && *excl != Some(class as u8) && seen.insert(to) {
+                    todo.push(to);
+                }
+            }
+        }
+        seen
+    }
+
+    fn class_of_version(v: &Version) -> usize {
+        CLASSES
+            .iter()
+            .position(|c| *c == v.labels.class.as_str())
+            .unwrap_or(0)
+    }
+
+    /// Versions that must exist: acknowledged and not excused, plus any
+    /// version some node holds.
+    fn must_exist(&self, c: &Cluster, dot: &Dot, w: &Written) -> bool {
+        (w.acked && !w.excused) || (0..c.len()).any(|i| seen_by(c, i, &w.version.key, dot))
+    }
+
+    /// The first version not yet everywhere it should be.
+    pub fn missing(&self, c: &Cluster) -> Option<String> {
+        for (dot, w) in &self.written {
+            if !self.must_exist(c, dot, w) {
+                continue;
+            }
+            let class = Self::class_of_version(&w.version);
+            for j in self.reach(w.origin, class) {
+                if !seen_by(c, j, &w.version.key, dot) {
+                    return Some(format!(
+                        "node {j} lacks {} of key {} (written on node {} at {} ms, acked {})",
+                        short(dot),
+                        w.version.key,
+                        w.origin,
+                        w.at_ms,
+                        w.acked
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Every check, once the cluster has settled.
+    pub fn check(&self, c: &Cluster) -> Result<(), Failure> {
+        self.check_sent(&c.sent)?;
+        // No acknowledged write lost, and liveness: everything that must
+        // exist reached every node it should.
+        for (dot, w) in &self.written {
+            if w.acked && !w.excused && !(0..c.len()).any(|i| seen_by(c, i, &w.version.key, dot)) {
+                return fail(
+                    "no acknowledged write lost",
+                    format!(
+                        "{} of key {} (node {}, {} ms) is on no node",
+                        short(dot),
+                        w.version.key,
+                        w.origin,
+                        w.at_ms
+                    ),
+                );
+            }
+        }
+        if let Some(m) = self.missing(c) {
+            return fail("everything replicated after the heal", m);
+        }
+        for j in 0..c.len() {
+            self.check_node(c, j)?;
+        }
+        self.check_convergence(c)
+    }
+
+    /// Filters and directions: nothing crossed a link it must not.
+    fn check_sent(&self, sent: &[SentBatch]) -> Result<(), Failure> {
+        for b in sent {
+            let Some(excl) = self.links.get(&(b.from, b.to)) else {
+                return fail(
+                    "directions respected",
+                    format!(
+                        "node {} sent a batch to node {}, which it does not send to",
+                        b.from, b.to
+                    ),
+                );
+            };
+            for (key, dot, labels) in &b.versions {
+                if excl.is_some_and(|x| CLASSES[x as usize] == labels.class.as_str()) {
+                    return fail(
+                        "filters respected",
+                        format!(
+                            "node {} sent {} of key {} (class {}) to node {}, whose filter excludes it",
+                            b.from,
+                            short(dot),
+                            key,
+                            labels.class.as_str(),
+                            b.to
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Per node: no resurrection, conflicts reported, dots name one version.
+    fn check_node(&self, c: &Cluster, j: usize) -> Result<(), Failure> {
+        let node = c.node(j);
+        for (key, st) in node.keys() {
+            for s in &st.siblings {
+                let v = &s.version;
+                match self.written.get(&v.dot) {
+                    Some(w) if w.version != *v => {
+                        return fail(
+                            "no dot reused",
+                            format!(
+                                "node {j} holds {} of key {key} with other content than written on node {}",
+                                short(&v.dot),
+                                w.origin
+                            ),
+                        )
+                    }
+                    None => {
+                        return fail(
+                            "no dot reused",
+                            format!("node {j} holds {} of key {key}, which nobody wrote", short(&v.dot)),
+                        )
+                    }
+                    Some(_) => {}
+                }
+                // Resurrection: a standing version superseded by one this
+                // node has seen.
+                for d in self.by_key.get(key).into_iter().flatten() {
+                    let Some(w) = self.written.get(d) else {
+                        continue;
+                    };
+                    if *d != v.dot && w.version.context.covers(&v.dot) && st.has_seen(d) {
+                        return fail(
+                            "no resurrection",
+                            format!(
+                                "node {j}: {} of key {key} stands although {} (seen here) supersedes it",
+                                short(&v.dot),
+                                short(d)
+                            ),
+                        );
+                    }
+                }
+            }
+            if st.siblings.len() > 1 {
+                let standing: BTreeSet<Dot> = st.siblings.iter().map(|s| s.version.dot).collect();
+                let reported = c.events(j).iter().any(|e| match e {
+                    Event::Conflict(r) if r.key == *key => {
+                        let in_report: BTreeSet<Dot> = r.versions.iter().map(|v| v.dot).collect();
+                        standing.is_subset(&in_report)
+                    }
+                    _ => false,
+                });
+                if !reported {
+                    return fail(
+                        "every conflict reported",
+                        format!(
+                            "node {j}: key {key} has concurrent versions {:?} but no conflict event named them all",
+                            standing.iter().map(short).collect::<Vec<_>>()
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Nodes that should hold the same versions of a key hold the same
+    /// frontier.
+    fn check_convergence(&self, c: &Cluster) -> Result<(), Failure> {
+        for (key, dots) in &self.by_key {
+            let key = *key;
+            let versions: Vec<(&Dot, &Written)> = dots
+                .iter()
+                .filter_map(|d| self.written.get_key_value(d))
+                .collect();
+            // Which nodes should have which of the key's versions.
+            let mut expect: Vec<BTreeSet<Dot>> = vec![BTreeSet::new(); c.len()];
+            for (d, w) in &versions {
+                if !self.must_exist(c, d, w) {
+                    continue;
+                }
+                for j in self.reach(w.origin, Self::class_of_version(&w.version)) {
+                    expect[j].insert(**d);
+                }
+            }
+            for a in 0..c.len() {
+                for b in a + 1..c.len() {
+                    if expect[a] != expect[b] || expect[a].is_empty() {
+                        continue;
+                    }
+                    let fa = frontier(c, a, &key);
+                    let fb = frontier(c, b, &key);
+                    if fa != fb {
+                        return fail(
+                            "convergence",
+                            format!(
+                                "key {key}: node {a} holds {:?}, node {b} holds {:?}",
+                                fa.iter().map(short).collect::<Vec<_>>(),
+                                fb.iter().map(short).collect::<Vec<_>>()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn seen_by(c: &Cluster, j: usize, key: &Key, dot: &Dot) -> bool {
+    c.is_up(j) && c.node(j).key_state(key).is_some_and(|s| s.has_seen(dot))
+}
+
+fn frontier(c: &Cluster, j: usize, key: &Key) -> Vec<Dot> {
+    c.node(j)
+        .key_state(key)
+        .map(|s| s.siblings.iter().map(|s| s.version.dot).collect())
+        .unwrap_or_default()
+}
+
+/// Used by the runner: the node ids of a cluster, for messages.
+pub fn name(i: usize) -> String {
+    format!("node {i} ({})", node_id(i))
+}

@@ -1,0 +1,491 @@
+//! Executes a plan on a cluster: the fault phase (the plan's steps), then
+//! the heal phase (links healed, disks fixed, nodes restarted, the original
+//! peers restored, everything synced) until the cluster has replicated
+//! everything or the liveness bound runs out; then the oracle.
+
+use super::oracle::{class_of, key_of, Failure, Model};
+use super::plan::{Action, DiskFault, Op, Plan, StoreKnobs, CLASSES};
+use crate::cluster::{labels, put_req, Cluster, ClusterBuilder, EPOCH_MS};
+use crate::net::NetConfig;
+use recsync_engine::disk::{CrashMode, SimFaults};
+use recsync_engine::seglog::{Durability, LogOptions};
+use recsync_engine::{
+    ConflictPolicy, Dot, Event, Lsn, Name, NodeConfig, Schedule, Storage, Window, WriteOp,
+};
+use std::collections::BTreeMap;
+
+/// How long after the heal everything must have replicated (covers an
+/// hourly window and a manual peer, synced every few seconds).
+pub const LIVENESS_BOUND_MS: u64 = 2 * 3_600_000;
+
+/// What one run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub faults: BTreeMap<&'static str, u64>,
+    pub writes: u64,
+    pub acked: u64,
+    pub conflicts: u64,
+    pub bytes: u64,
+    /// Simulated time from the heal until everything had replicated.
+    pub heal_to_converged_ms: u64,
+    pub simulated_ms: u64,
+}
+
+/// The result of one run.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub trace_hash: [u8; 32],
+    pub failure: Option<Failure>,
+    pub stats: Stats,
+    pub trace: Vec<String>,
+}
+
+fn policy(code: u8, nodes: usize) -> ConflictPolicy {
+    match code {
+        0 => ConflictPolicy::LastWriterWins,
+        1 => ConflictPolicy::Priority((0..nodes).rev().map(crate::cluster::node_id).collect()),
+        _ => ConflictPolicy::Manual,
+    }
+}
+
+fn build(plan: &Plan) -> Cluster {
+    let k = &plan.knobs;
+    let net = NetConfig {
+        latency_ms_min: k.latency_ms.0,
+        latency_ms_max: k.latency_ms.1,
+        reorder: k.reorder,
+        drop_probability: k.drop_probability,
+        duplicate_probability: k.duplicate_probability,
+    };
+    let policies = k.policies.clone();
+    let nodes = k.nodes;
+    let batch = k.batch_versions_max;
+    let ack = k.ack_timeout_ms;
+    let mut b =
+        ClusterBuilder::new(plan.seed, k.nodes)
+            .net(net)
+            .all_nodes(move |cfg: &mut NodeConfig| {
+                for (i, c) in CLASSES.iter().enumerate() {
+                    if let Ok(name) = Name::new(c) {
+                        cfg.classes.insert(name, policy(policies[i], nodes));
+                    }
+                }
+                cfg.limits.send_batch_versions_max = batch;
+                cfg.timing.ack_timeout_ms = ack;
+                cfg.timing.reconnect_max_ms = 5_000;
+            });
+    for l in &k.links {
+        b = b.one_way(l.from, l.to).peer(l.from, l.to, |p| {
+            p.schedule = match l.schedule {
+                0 => Schedule::Continuous {
+                    linger_ms: l.linger_ms,
+                },
+                1 => Schedule::Manual,
+                _ => Schedule::Windows {
+                    windows: vec![Window::Hourly {
+                        start_min: l.window.0,
+                        end_min: l.window.1,
+                    }],
+                    utc_offset_min: 0,
+                },
+            };
+            if let Some(x) = l.exclude_class {
+                if let Ok(name) = Name::new(CLASSES[x as usize]) {
+                    p.filter.exclude_classes.insert(name);
+                }
+            }
+            p.bandwidth_bytes_per_s = l.bandwidth;
+        });
+    }
+    b = match k.store {
+        StoreKnobs::MemImmediate => b,
+        StoreKnobs::MemExplicit => b.explicit_sync(),
+        StoreKnobs::Disk {
+            durability,
+            segment_size,
+            blob_chunk,
+        } => b.on_disk(LogOptions {
+            segment_size,
+            durability: match durability {
+                0 => Durability::Always,
+                1 => Durability::Group,
+                _ => Durability::Periodic,
+            },
+            blob_chunk,
+            compact_dead_fraction: 0.5,
+        }),
+    };
+    b.build()
+}
+
+/// Runs a plan. With `trace`, readable trace lines are kept.
+pub fn run(plan: &Plan, trace: bool) -> Outcome {
+    let mut r = Runner::new(plan, trace);
+    let failure = r.go().err();
+    let trace_hash = r.c.trace_hash();
+    let stats = r.stats(failure.is_none());
+    Outcome {
+        trace_hash,
+        failure,
+        stats,
+        trace: r.c.take_trace(),
+    }
+}
+
+struct Runner<'p> {
+    plan: &'p Plan,
+    c: Cluster,
+    model: Model,
+    /// Per node: written but not yet durable (lsn, dots).
+    pending: Vec<Vec<(Lsn, Vec<Dot>)>>,
+    original: Vec<NodeConfig>,
+    faults: BTreeMap<&'static str, u64>,
+    writes: u64,
+    heal_to_converged_ms: u64,
+    start_ms: u64,
+}
+
+impl<'p> Runner<'p> {
+    fn new(plan: &'p Plan, trace: bool) -> Self {
+        let mut c = build(plan);
+        if trace {
+            c.record_trace();
+        }
+        let original = (0..c.len()).map(|i| c.node(i).config().clone()).collect();
+        let start_ms = c.now_ms();
+        Self {
+            model: Model::new(&plan.knobs),
+            pending: vec![Vec::new(); c.len()],
+            c,
+            plan,
+            original,
+            faults: BTreeMap::new(),
+            writes: 0,
+            heal_to_converged_ms: 0,
+            start_ms,
+        }
+    }
+
+    fn stats(&self, converged: bool) -> Stats {
+        let conflicts = (0..self.c.len())
+            .map(|i| {
+                self.c
+                    .events(i)
+                    .iter()
+                    .filter(|e| matches!(e, Event::Conflict(_)))
+                    .count() as u64
+            })
+            .sum();
+        Stats {
+            faults: self.faults.clone(),
+            writes: self.writes,
+            acked: self.model.written.values().filter(|w| w.acked).count() as u64,
+            conflicts,
+            bytes: self.c.bytes_sent,
+            heal_to_converged_ms: if converged {
+                self.heal_to_converged_ms
+            } else {
+                0
+            },
+            simulated_ms: self.c.now_ms() - self.start_ms,
+        }
+    }
+
+    fn go(&mut self) -> Result<(), Failure> {
+        for step in &self.plan.steps {
+            self.c.run_until(self.start_ms + step.at_ms);
+            if let Some(kind) = step.action.fault_kind() {
+                *self.faults.entry(kind).or_default() += 1;
+            }
+            self.apply(&step.action)?;
+            self.refresh_acked();
+        }
+        self.heal()?;
+        self.model.check(&self.c)
+    }
+
+    fn clear_disk_faults(&mut self, i: usize) {
+        if let Some(n) = self.c.node_mut_if_up(i) {
+            if let Some(d) = n.storage_mut().disk_mut() {
+                d.fs.set_faults(SimFaults::default());
+            }
+        }
+    }
+
+    /// Marks writes acknowledged once durable at their origin.
+    fn refresh_acked(&mut self) {
+        for i in 0..self.c.len() {
+            if !self.c.is_up(i) {
+                continue;
+            }
+            let durable = self.c.node(i).storage().durable_lsn();
+            let p = &mut self.pending[i];
+            let done = p.iter().take_while(|(lsn, _)| *lsn <= durable).count();
+            for (_, dots) in p.drain(..done) {
+                for d in dots {
+                    if let Some(w) = self.model.written.get_mut(&d) {
+                        w.acked = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, a: &Action) -> Result<(), Failure> {
+        let c = &mut self.c;
+        c.note(|| format!("step {a:?}"));
+        match a {
+            Action::Write { node, ops } => return self.write(*node, ops),
+            Action::Sync { node } => c.sync_storage(*node),
+            Action::SyncNow { node } => {
+                if c.is_up(*node) {
+                    c.sync_now(*node)
+                }
+            }
+            Action::Partition { left } => {
+                let right: Vec<usize> = (0..c.len()).filter(|i| !left.contains(i)).collect();
+                c.partition(&[left, &right]);
+            }
+            Action::Block { from, to } => c.block(*from, *to),
+            Action::Heal => c.heal(),
+            Action::Cut { a, b } => c.cut(*a, *b),
+            Action::Crash { node, torn } => {
+                if c.is_up(*node) {
+                    self.clear_disk_faults(*node);
+                    let mode = if *torn {
+                        CrashMode::Torn {
+                            seed: self.plan.seed ^ self.c.now_ms(),
+                        }
+                    } else {
+                        CrashMode::LoseUnsynced
+                    };
+                    self.c.crash_with(*node, mode);
+                    self.pending[*node].clear();
+                }
+            }
+            Action::Restart { node } => {
+                if !c.is_up(*node) {
+                    c.restart(*node);
+                }
+            }
+            Action::Wipe { node } => {
+                self.excuse_wiped(*node);
+                self.clear_disk_faults(*node);
+                self.c.wipe(*node);
+                self.pending[*node].clear();
+            }
+            Action::Skew { node, offset_ms } => c.set_clock_offset(*node, *offset_ms),
+            Action::Disk { node, fault } => {
+                if let Some(n) = c.node_mut_if_up(*node) {
+                    if let Some(d) = n.storage_mut().disk_mut() {
+                        let faults = match fault {
+                            DiskFault::FailWrites(k) => SimFaults {
+                                failing_writes: *k,
+                                ..Default::default()
+                            },
+                            DiskFault::FailSyncs(k) => SimFaults {
+                                failing_syncs: *k,
+                                ..Default::default()
+                            },
+                            DiskFault::Full(extra) => SimFaults {
+                                capacity: Some(d.fs.used_bytes() + extra),
+                                ..Default::default()
+                            },
+                        };
+                        d.fs.set_faults(faults);
+                    }
+                }
+            }
+            Action::TrimCompact { node } => {
+                if let Some(n) = c.node_mut_if_up(*node) {
+                    // Failures here fail the node's storage, as they would
+                    // in production; the heal restarts it.
+                    let _ = n.trim_log();
+                    if let Some(d) = n.storage_mut().disk_mut() {
+                        let _ = d.log.compact();
+                    }
+                }
+            }
+            Action::TogglePeer { a, b } => {
+                let (a, b) = (*a, *b);
+                let linked = self
+                    .c
+                    .node_config(a)
+                    .peers
+                    .iter()
+                    .any(|p| p.node == crate::cluster::node_id(b))
+                    || self
+                        .c
+                        .node_config(b)
+                        .peers
+                        .iter()
+                        .any(|p| p.node == crate::cluster::node_id(a));
+                for (x, y) in [(a, b), (b, a)] {
+                    self.clear_disk_faults(x);
+                    let original = self.original[x].clone();
+                    let id = crate::cluster::node_id(y);
+                    self.c.reconfigure(x, |cfg| {
+                        if linked {
+                            cfg.peers.retain(|p| p.node != id);
+                        } else if let Some(p) = original.peers.iter().find(|p| p.node == id) {
+                            cfg.peers.push(p.clone());
+                        }
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes that lived durably only on a node being wiped may be gone.
+    fn excuse_wiped(&mut self, i: usize) {
+        if !self.c.is_up(i) {
+            // Its storage is parked; whatever it held only there is gone.
+            for w in self.model.written.values_mut().filter(|w| w.origin == i) {
+                w.excused = true;
+            }
+            return;
+        }
+        let me = crate::cluster::node_id(i);
+        let node = self.c.node(i);
+        for w in self.model.written.values_mut().filter(|w| w.origin == i) {
+            let elsewhere = node
+                .copies(&w.version.key, &w.version.dot)
+                .iter()
+                .any(|n| *n != me);
+            if !elsewhere {
+                w.excused = true;
+            }
+        }
+    }
+
+    fn write(&mut self, i: usize, ops: &[Op]) -> Result<(), Failure> {
+        if !self.c.is_up(i) {
+            return Ok(());
+        }
+        let mut write_ops = Vec::new();
+        let mut keys = Vec::new();
+        for op in ops {
+            let (k, key) = match op {
+                Op::Put { key } | Op::Delete { key } | Op::Recording { key, .. } => {
+                    (*key, key_of(*key))
+                }
+            };
+            if keys.contains(&key) {
+                continue;
+            }
+            let live = self
+                .c
+                .node(i)
+                .get(&key)
+                .is_some_and(|o| o.siblings.iter().any(|v| !v.body.is_tombstone()));
+            let meta = format!("{}/{i}/{}", self.plan.seed, self.writes);
+            let labels = labels(CLASSES[class_of(k)]);
+            match op {
+                Op::Delete { .. } if live => write_ops.push(WriteOp::Delete(key)),
+                Op::Recording { len, .. } => {
+                    let audio: Vec<u8> = (0..*len)
+                        .map(|b| (b as u64 ^ self.writes ^ self.plan.seed) as u8)
+                        .collect();
+                    let blob = match self.c.try_upload_blob(i, &audio) {
+                        Ok(b) => b,
+                        Err(_) => return Ok(()), // a failed disk refuses it
+                    };
+                    let mut req = put_req(key, labels, meta.as_bytes());
+                    req.blob = Some(blob);
+                    write_ops.push(WriteOp::Put(req));
+                }
+                _ => write_ops.push(WriteOp::Put(put_req(key, labels, meta.as_bytes()))),
+            }
+            keys.push(key);
+        }
+        self.writes += 1;
+        let Ok(receipt) = self.c.try_write(i, write_ops) else {
+            return Ok(()); // refused (a failed disk): nothing was written
+        };
+        let now = self.c.now_ms() - EPOCH_MS;
+        for (key, dot) in keys.iter().zip(&receipt.dots) {
+            let version = self
+                .c
+                .node(i)
+                .key_state(key)
+                .and_then(|s| s.siblings.iter().find(|s| s.version.dot == *dot))
+                .map(|s| s.version.clone());
+            if let Some(v) = version {
+                self.model.record(i, v, now)?;
+            }
+        }
+        self.pending[i].push((receipt.lsn, receipt.dots));
+        Ok(())
+    }
+
+    /// Everything back to normal, then run until replicated or the bound.
+    fn heal(&mut self) -> Result<(), Failure> {
+        self.c.note(|| "heal".to_string());
+        self.c.heal();
+        for i in 0..self.c.len() {
+            self.clear_disk_faults(i);
+            if !self.c.is_up(i) {
+                self.c.restart(i);
+            } else if self.c.node(i).failure().is_some() {
+                // A node whose disk failed is restarted, as an operator or
+                // a supervisor would.
+                self.c.crash_with(i, CrashMode::LoseUnsynced);
+                self.pending[i].clear();
+                self.c.restart(i);
+            }
+            if self.c.node(i).config().peers != self.original[i].peers {
+                let peers = self.original[i].peers.clone();
+                self.c.reconfigure(i, |cfg| cfg.peers = peers);
+            }
+        }
+        self.refresh_acked();
+        let healed_at = self.c.now_ms();
+        let deadline = healed_at + LIVENESS_BOUND_MS;
+        let mut round = 0u64;
+        loop {
+            for i in 0..self.c.len() {
+                self.c.sync_storage(i);
+                if round.is_multiple_of(5) {
+                    self.c.sync_now(i);
+                }
+            }
+            self.refresh_acked();
+            if self.c.settled() && self.model.missing(&self.c).is_none() {
+                break;
+            }
+            if self.c.now_ms() >= deadline {
+                let what = self
+                    .model
+                    .missing(&self.c)
+                    .unwrap_or_else(|| "the network never went quiet".into());
+                return Err(Failure {
+                    invariant: "liveness (replicated within the bound after the heal)",
+                    detail: format!("after {} s: {what}", LIVENESS_BOUND_MS / 1000),
+                });
+            }
+            self.c.run_for(1_000);
+            round += 1;
+        }
+        self.heal_to_converged_ms = self.c.now_ms() - healed_at;
+        // Recordings: every standing version's blob is readable.
+        for i in 0..self.c.len() {
+            let node = self.c.node(i);
+            for (key, st) in node.keys() {
+                for s in &st.siblings {
+                    if let recsync_engine::Body::Live { blob: Some(b), .. } = &s.version.body {
+                        if let Err(e) = node.read_blob(&b.hash, 0, 1) {
+                            if b.len_bytes > 0 {
+                                return Err(Failure {
+                                    invariant: "recordings complete",
+                                    detail: format!("node {i}: key {key}: blob unreadable: {e}"),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
