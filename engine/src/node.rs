@@ -200,6 +200,9 @@ pub struct Node<S: Storage> {
     failed: Option<StorageError>,
     /// Blobs held whole and verified.
     blobs_complete: BTreeSet<[u8; 32]>,
+    /// Peers that confirmed holding a blob whole (since this open): what
+    /// `copies` counts for a recording, whose metadata alone is no copy.
+    blob_holders: BTreeMap<[u8; 32], BTreeSet<NodeId>>,
     /// Versions waiting for their blob, by blob hash.
     /// (Each with the peer it came from, which relaying must skip.)
     staged: BTreeMap<[u8; 32], Vec<(NodeId, Version)>>,
@@ -290,6 +293,7 @@ impl<S: Storage> Node<S> {
             next_trim_ms,
             failed: None,
             blobs_complete: BTreeSet::new(),
+            blob_holders: BTreeMap::new(),
             staged: BTreeMap::new(),
             fetches: BTreeMap::new(),
             replica_max: BTreeMap::new(),
@@ -483,10 +487,20 @@ impl<S: Storage> Node<S> {
                     out.insert(from);
                 }
             }
+            let blob = match &s.version.body {
+                Body::Live { blob: Some(b), .. } if b.len_bytes > 0 => Some(b.hash),
+                _ => None,
+            };
             for (id, p) in &self.peers {
                 let acked = matches!(p.acked, Some(Cursor { replica, pos: Position::Log { lsn } })
                     if replica == self.meta.log_id && lsn >= s.lsn);
-                if acked && p.cfg.filter.passes(&s.version.labels) {
+                // A recording is a copy only once its blob is there too.
+                let whole = blob.is_none_or(|h| {
+                    self.blob_holders
+                        .get(&h)
+                        .is_some_and(|holders| holders.contains(id))
+                });
+                if acked && whole && p.cfg.filter.passes(&s.version.labels) {
                     out.insert(*id);
                 }
             }
@@ -1186,6 +1200,8 @@ impl<S: Storage> Node<S> {
     pub fn handle_durable(&mut self, now_ms: u64) {
         self.advance(now_ms);
         self.release_gated();
+        // Received versions wait for durability before they are relayed.
+        self.pump_all();
     }
 
     fn release_gated(&mut self) {
@@ -1264,6 +1280,11 @@ impl<S: Storage> Node<S> {
 
     /// When `handle_timeout` should next be called.
     pub fn poll_timeout(&self) -> Option<u64> {
+        // A node whose storage failed stops (fail-stop): no timers, nothing
+        // sent, until the driver restarts it on working storage.
+        if self.failed.is_some() {
+            return None;
+        }
         let ack_timeout = self.cfg.timing.ack_timeout_ms;
         let mut t = self.next_trim_ms;
         for p in self.peers.values() {
@@ -1297,6 +1318,35 @@ impl<S: Storage> Node<S> {
             t = t.min(f.deadline_ms);
         }
         Some(t.max(self.now_ms))
+    }
+
+    /// Which timers `poll_timeout` is made of (for a stuck simulation).
+    pub fn timer_debug(&self) -> String {
+        let ack_timeout = self.cfg.timing.ack_timeout_ms;
+        let mut parts = vec![format!("now {} trim {}", self.now_ms, self.next_trim_ms)];
+        for (id, p) in &self.peers {
+            parts.push(format!(
+                "{id}: link {:?} partial {:?} inflight {:?} wake {:?} serving {:?}",
+                p.link,
+                p.partial_since_ms.map(|t| t + ack_timeout),
+                p.out
+                    .as_ref()
+                    .and_then(|o| o.inflight.front())
+                    .map(|f| f.sent_at_ms + ack_timeout),
+                self.send_wake(p),
+                p.serving
+                    .values()
+                    .map(|s| (s.sent, s.acked, s.len, s.last_progress_ms))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        for (h, f) in &self.fetches {
+            parts.push(format!(
+                "fetch {:02x}{:02x}: deadline {}",
+                h[0], h[1], f.deadline_ms
+            ));
+        }
+        parts.join("; ")
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -1394,7 +1444,11 @@ impl<S: Storage> Node<S> {
     /// When the peer's stream wants to wake up (linger, window, bandwidth).
     fn send_wake(&self, p: &Peer) -> Option<u64> {
         let out = p.out.as_ref()?;
-        if !p.is_up() || p.paused || out.inflight.len() >= self.cfg.limits.inflight_batches_max {
+        if !p.is_up()
+            || p.paused
+            || p.waiting_for_durable
+            || out.inflight.len() >= self.cfg.limits.inflight_batches_max
+        {
             return None;
         }
         let first = next_unsent(p, &out.sent)?;
@@ -1414,6 +1468,9 @@ impl<S: Storage> Node<S> {
     }
 
     fn pump_all(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
         let ids: Vec<NodeId> = self.peers.keys().copied().collect();
         for id in ids {
             if let Err(e) = self.pump(id) {
@@ -1430,6 +1487,9 @@ impl<S: Storage> Node<S> {
     }
 
     fn pump_batches(&mut self, peer: NodeId) -> Result<(), StorageError> {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.waiting_for_durable = false;
+        }
         loop {
             let now = self.now_ms;
             let Some(p) = self.peers.get_mut(&peer) else {
@@ -1474,6 +1534,14 @@ impl<S: Storage> Node<S> {
             }
             let sent = out.sent;
             let batch = self.build_batch(peer, sent, remote_replica, upto)?;
+            if batch.next == sent {
+                // What comes next is not durable here yet (see
+                // `build_batch`): `handle_durable` pumps again.
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.waiting_for_durable = true;
+                }
+                return Ok(());
+            }
             let shipped_upto = match batch.next.pos {
                 Position::Log { lsn } => lsn,
                 Position::Snapshot { at_lsn, .. } => self.storage.last_lsn().max(at_lsn),
@@ -1512,6 +1580,13 @@ impl<S: Storage> Node<S> {
             unreachable!("pump checked the peer")
         };
         let limits = &self.cfg.limits;
+        // Versions received from peers are forwarded only once durable
+        // here: a relay that crashed after forwarding one it then lost
+        // would never get it back (its peers do not echo a version to the
+        // node it came from), and the nodes behind it would never get it.
+        // Our own writes may leave early: a crash that loses them is
+        // announced, and peers echo them back.
+        let durable = self.storage.durable_lsn();
         let wanted = |v: &Version| {
             p.cfg.filter.passes(&v.labels) && (v.dot.replica != remote || p.echoes(v))
         };
@@ -1535,6 +1610,10 @@ impl<S: Storage> Node<S> {
                         done = false;
                         break;
                     }
+                    if state.siblings.iter().any(|s| s.lsn > durable) {
+                        done = false;
+                        break;
+                    }
                     last_key = Some(*key);
                     for s in state.siblings.iter().filter(|s| wanted(&s.version)) {
                         bytes += s.version.size_bytes();
@@ -1546,7 +1625,7 @@ impl<S: Storage> Node<S> {
                 } else {
                     Position::Snapshot {
                         at_lsn,
-                        after: last_key,
+                        after: last_key.or(after),
                     }
                 }
             }
@@ -1560,6 +1639,9 @@ impl<S: Storage> Node<S> {
                     // The entry may have been released only if nobody needs it.
                     if let Some(entry) = self.storage.read(item.lsn)? {
                         let relayed = entry.body.source().is_some();
+                        if relayed && item.lsn > durable {
+                            break;
+                        }
                         let planted = |v: &&Version| {
                             if relayed && canary::on(Canary::FilterNotAppliedOnRelay) {
                                 return v.dot.replica != remote || p.echoes(v);
@@ -1695,6 +1777,11 @@ impl<S: Storage> Node<S> {
         self.staged.values().map(Vec::len).sum()
     }
 
+    /// The blobs versions are staged for (waiting to be fetched).
+    pub fn staged_blobs(&self) -> Vec<[u8; 32]> {
+        self.staged.keys().copied().collect()
+    }
+
     /// Whether a blob is here whole: known, or stored under its name with
     /// the right length and content (an upload finished before a restart).
     fn holds_blob(&self, blob: &BlobRef) -> bool {
@@ -1792,6 +1879,10 @@ impl<S: Storage> Node<S> {
             && self.blob_hash(&w.hash, len).is_ok_and(|h| h == w.hash)
         {
             self.blobs_complete.insert(w.hash);
+        }
+        if self.blobs_complete.contains(&w.hash) && w.offset >= len && len > 0 {
+            // The peer has it all (its way of closing a transfer).
+            self.blob_holders.entry(w.hash).or_default().insert(peer);
         }
         if !self.blobs_complete.contains(&w.hash) || w.offset > len {
             self.outputs.push_back(Output::Transmit {

@@ -113,6 +113,9 @@ pub struct Peer {
     /// What the peer acknowledged of our log (durable on its side).
     pub acked: Option<Cursor>,
     pub out: Option<Outbound>,
+    /// The next thing to send is a received version not yet durable here:
+    /// no timer until `handle_durable` pumps again.
+    pub waiting_for_durable: bool,
     /// Manual schedule: ship entries up to this LSN (set by sync now).
     pub sync_upto: Lsn,
     pub bucket: Option<TokenBucket>,
@@ -173,6 +176,7 @@ impl Peer {
             },
             decoder: FrameDecoder::new(frame_payload_len_max),
             partial_since_ms: None,
+            waiting_for_durable: false,
             reconnect_attempt: 0,
             backlog: VecDeque::new(),
             acked: None,

@@ -192,6 +192,7 @@ impl ClusterBuilder {
             trace: blake3::Hasher::new(),
             bytes_sent: 0,
             trace_lines: None,
+            trace_stream: false,
         };
         c.clock_offset_ms = vec![0; c.nodes.len()];
         c.drain_all();
@@ -217,6 +218,9 @@ pub struct Cluster {
     pub bytes_sent: u64,
     /// Readable trace lines, when asked for (`record_trace`).
     trace_lines: Option<Vec<String>>,
+    /// Print trace lines to stdout as they happen instead of keeping them
+    /// (so a run that panics still shows how it got there).
+    trace_stream: bool,
 }
 
 impl Cluster {
@@ -234,12 +238,26 @@ impl Cluster {
         self.trace_lines.get_or_insert_with(Vec::new);
     }
 
+    /// Prints trace lines to stdout as they happen.
+    pub fn stream_trace(&mut self) {
+        self.record_trace();
+        self.trace_stream = true;
+    }
+
+    fn trace_line(&mut self, l: String) {
+        if self.trace_stream {
+            println!("{l}");
+        } else if let Some(t) = self.trace_lines.as_mut() {
+            t.push(l);
+        }
+    }
+
     /// Adds a line to the trace (and its hash).
     pub fn note(&mut self, line: impl FnOnce() -> String) {
         let l = format!("{:>10} {}", self.now_ms - EPOCH_MS, line());
         self.trace.update(l.as_bytes());
-        if let Some(t) = self.trace_lines.as_mut() {
-            t.push(l);
+        if self.trace_lines.is_some() {
+            self.trace_line(l);
         }
     }
 
@@ -553,13 +571,18 @@ impl Cluster {
                 return;
             };
             let out = node.poll_output();
+            let mut events = Vec::new();
             while let Some(e) = node.poll_event() {
+                events.push(e);
+            }
+            for e in events {
                 let line = format!("n{i} event {e:?}");
                 self.trace.update(line.as_bytes());
-                if let Some(t) = self.trace_lines.as_mut() {
-                    t.push(format!("{:>10} {line}", self.now_ms - EPOCH_MS));
+                if self.trace_lines.is_some() {
+                    let l = format!("{:>10} {line}", self.now_ms - EPOCH_MS);
+                    self.trace_line(l);
                 }
-                sim.events.push(e);
+                self.nodes[i].events.push(e);
             }
             let Some(out) = out else { return };
             match out {
@@ -570,16 +593,17 @@ impl Cluster {
                     self.trace.update(&[i as u8, to as u8]);
                     self.trace.update(&frame);
                     self.bytes_sent += frame.len() as u64;
-                    if let Some(t) = self.trace_lines.as_mut() {
+                    if self.trace_lines.is_some() {
                         let what = match decode_frame(&frame, FRAME_PAYLOAD_LEN_MAX) {
                             Ok((m, _)) => message_summary(&m),
                             Err(e) => format!("bad frame: {e}"),
                         };
-                        t.push(format!(
+                        let l = format!(
                             "{:>10} n{i} -> n{to} {what} ({} bytes)",
                             self.now_ms - EPOCH_MS,
                             frame.len()
-                        ));
+                        );
+                        self.trace_line(l);
                     }
                     self.record_sent(i, to, &frame);
                     let now = self.now_ms;
@@ -691,11 +715,33 @@ impl Cluster {
         while self.step(until_ms) {
             if self.now_ms == last {
                 same_time_steps += 1;
-                assert!(
-                    same_time_steps < 100_000,
-                    "livelock: no progress of time at {} ms",
-                    self.now_ms
-                );
+                if same_time_steps >= 100_000 {
+                    let stuck: Vec<String> = (0..self.nodes.len())
+                        .filter_map(|i| {
+                            let n = self.nodes[i].node.as_ref()?;
+                            let t = n.poll_timeout()?;
+                            (t <= self.node_time(i)).then(|| {
+                                let peers: Vec<String> = self.nodes[i]
+                                    .cfg
+                                    .peers
+                                    .iter()
+                                    .map(|p| n.peer_debug(&p.node))
+                                    .collect();
+                                format!(
+                                    "node {i} wants a timer at {t}: {} || timers: {} || failure: {:?}",
+                                    peers.join(" | "),
+                                    n.timer_debug(),
+                                    n.failure()
+                                )
+                            })
+                        })
+                        .collect();
+                    panic!(
+                        "livelock: no progress of time at {} ms: {}",
+                        self.now_ms,
+                        stuck.join("; ")
+                    );
+                }
             } else {
                 same_time_steps = 0;
                 last = self.now_ms;

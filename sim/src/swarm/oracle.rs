@@ -149,8 +149,12 @@ impl Model {
             let class = Self::class_of_version(&w.version);
             for j in self.reach(w.origin, class) {
                 if !seen_by(c, j, &w.version.key, dot) {
+                    let holders: Vec<usize> = (0..c.len())
+                        .filter(|i| seen_by(c, *i, &w.version.key, dot))
+                        .collect();
                     return Some(format!(
-                        "node {j} lacks {} of key {} (written on node {} at {} ms, acked {})",
+                        "node {j} lacks {} of key {} (written on node {} at {} ms, acked {}; \
+                         held by nodes {holders:?})",
                         short(dot),
                         w.version.key,
                         w.origin,

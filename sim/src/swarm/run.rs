@@ -143,14 +143,18 @@ struct Runner<'p> {
     writes: u64,
     heal_to_converged_ms: u64,
     start_ms: u64,
+    /// A dot to follow in the trace (`RECSYNC_SIM_WATCH=abcd1234#7`).
+    watch: Option<String>,
+    watched: Vec<usize>,
 }
 
 impl<'p> Runner<'p> {
     fn new(plan: &'p Plan, trace: bool) -> Self {
         let mut c = build(plan);
         if trace {
-            c.record_trace();
+            c.stream_trace();
         }
+        c.note(|| format!("seed {} knobs {:?}", plan.seed, plan.knobs));
         let original = (0..c.len()).map(|i| c.node(i).config().clone()).collect();
         let start_ms = c.now_ms();
         Self {
@@ -163,7 +167,71 @@ impl<'p> Runner<'p> {
             writes: 0,
             heal_to_converged_ms: 0,
             start_ms,
+            watch: std::env::var("RECSYNC_SIM_WATCH").ok(),
+            watched: Vec::new(),
         }
+    }
+
+    /// Notes in the trace when the watched dot's holders change.
+    fn watch_step(&mut self) {
+        let Some(w) = self.watch.clone() else { return };
+        let mut holders = self.holders_of(&w);
+        let acked = self.model.written.iter().any(|(d, x)| {
+            x.acked && format!("{}#{}", &d.replica.0.to_string()[..8], d.counter) == w
+        });
+        holders.push(if acked { 1000 } else { 2000 });
+        if holders != self.watched {
+            let h = holders.clone();
+            let key = self
+                .model
+                .written
+                .iter()
+                .find(|(d, _)| format!("{}#{}", &d.replica.0.to_string()[..8], d.counter) == w)
+                .map(|(_, x)| x.version.key);
+            let states: Vec<String> = (0..self.c.len())
+                .filter(|j| self.c.is_up(*j))
+                .map(|j| {
+                    let st = key.and_then(|k| self.c.node(j).key_state(&k));
+                    format!(
+                        "n{j}: {:?}",
+                        st.map(|s| (
+                            s.siblings.iter().map(|x| x.version.dot).collect::<Vec<_>>(),
+                            &s.seen
+                        ))
+                    )
+                })
+                .collect();
+            self.c.note(|| {
+                format!(
+                    "WATCH {w}: held by {h:?} (1000: acked) {}",
+                    states.join(" ")
+                )
+            });
+            self.watched = holders;
+        }
+    }
+
+    /// The running nodes that have seen the dot named `w` ("abcd1234#7").
+    fn holders_of(&self, w: &str) -> Vec<usize> {
+        let Some(d) = self
+            .model
+            .written
+            .keys()
+            .find(|d| format!("{}#{}", &d.replica.0.to_string()[..8], d.counter) == w)
+        else {
+            return Vec::new();
+        };
+        let key = self.model.written[d].version.key;
+        (0..self.c.len())
+            .filter(|j| {
+                self.c.is_up(*j)
+                    && self
+                        .c
+                        .node(*j)
+                        .key_state(&key)
+                        .is_some_and(|s| s.has_seen(d))
+            })
+            .collect()
     }
 
     fn stats(&self, converged: bool) -> Stats {
@@ -199,6 +267,7 @@ impl<'p> Runner<'p> {
             }
             self.apply(&step.action)?;
             self.refresh_acked();
+            self.watch_step();
         }
         self.heal()?;
         self.model.check(&self.c)
@@ -210,6 +279,12 @@ impl<'p> Runner<'p> {
                 d.fs.set_faults(SimFaults::default());
             }
         }
+    }
+
+    /// Before a restart: acknowledges what is durable, forgets the rest.
+    fn forget_pending(&mut self, i: usize) {
+        self.refresh_acked();
+        self.pending[i].clear();
     }
 
     /// Marks writes acknowledged once durable at their origin.
@@ -322,6 +397,9 @@ impl<'p> Runner<'p> {
                         .any(|p| p.node == crate::cluster::node_id(a));
                 for (x, y) in [(a, b), (b, a)] {
                     self.clear_disk_faults(x);
+                    // A restart: what is not durable by now is not promised
+                    // (the shutdown's sync may fail on a failed disk).
+                    self.forget_pending(x);
                     let original = self.original[x].clone();
                     let id = crate::cluster::node_id(y);
                     self.c.reconfigure(x, |cfg| {
@@ -337,23 +415,29 @@ impl<'p> Runner<'p> {
         Ok(())
     }
 
-    /// Writes that lived durably only on a node being wiped may be gone.
+    /// Writes that lived durably only on a node being wiped may be gone:
+    /// a version is excused unless another running node holds it durably
+    /// (a crashed node's disk counts as lost here, which only excuses more).
     fn excuse_wiped(&mut self, i: usize) {
-        if !self.c.is_up(i) {
-            // Its storage is parked; whatever it held only there is gone.
-            for w in self.model.written.values_mut().filter(|w| w.origin == i) {
-                w.excused = true;
+        let c = &self.c;
+        for w in self.model.written.values_mut() {
+            if w.excused || !w.acked {
+                continue;
             }
-            return;
-        }
-        let me = crate::cluster::node_id(i);
-        let node = self.c.node(i);
-        for w in self.model.written.values_mut().filter(|w| w.origin == i) {
-            let elsewhere = node
-                .copies(&w.version.key, &w.version.dot)
-                .iter()
-                .any(|n| *n != me);
-            if !elsewhere {
+            let (key, dot) = (&w.version.key, &w.version.dot);
+            let survives = (0..c.len()).filter(|j| *j != i && c.is_up(*j)).any(|j| {
+                let node = c.node(j);
+                let Some(st) = node.key_state(key) else {
+                    return false;
+                };
+                if !st.has_seen(dot) {
+                    return false;
+                }
+                let standing = st.siblings.iter().any(|s| s.version.dot == *dot);
+                // Superseded there: its successor carries it.
+                !standing || node.copies(key, dot).contains(&crate::cluster::node_id(j))
+            });
+            if !survives {
                 w.excused = true;
             }
         }
@@ -419,6 +503,22 @@ impl<'p> Runner<'p> {
         Ok(())
     }
 
+    /// Nothing in flight, every continuous link caught up, and no version
+    /// waits for a blob that some node holds whole (a recording whose only
+    /// blob was on a wiped node waits forever, rightly).
+    fn quiet(&self) -> bool {
+        let c = &self.c;
+        if c.net.in_flight() != 0 || !c.pending().is_empty() {
+            return false;
+        }
+        (0..c.len()).filter(|i| c.is_up(*i)).all(|i| {
+            c.node(i)
+                .staged_blobs()
+                .iter()
+                .all(|h| !(0..c.len()).any(|j| c.is_up(j) && c.node(j).has_blob(h)))
+        })
+    }
+
     /// Everything back to normal, then run until replicated or the bound.
     fn heal(&mut self) -> Result<(), Failure> {
         self.c.note(|| "heal".to_string());
@@ -435,11 +535,13 @@ impl<'p> Runner<'p> {
                 self.c.restart(i);
             }
             if self.c.node(i).config().peers != self.original[i].peers {
+                self.forget_pending(i);
                 let peers = self.original[i].peers.clone();
                 self.c.reconfigure(i, |cfg| cfg.peers = peers);
             }
         }
         self.refresh_acked();
+        self.watch_step();
         let healed_at = self.c.now_ms();
         let deadline = healed_at + LIVENESS_BOUND_MS;
         let mut round = 0u64;
@@ -451,10 +553,20 @@ impl<'p> Runner<'p> {
                 }
             }
             self.refresh_acked();
-            if self.c.settled() && self.model.missing(&self.c).is_none() {
+            if self.quiet() && self.model.missing(&self.c).is_none() {
                 break;
             }
             if self.c.now_ms() >= deadline {
+                // The state of every link and blob transfer, for --trace.
+                let up: Vec<usize> = (0..self.c.len()).filter(|i| self.c.is_up(*i)).collect();
+                for i in up {
+                    let blobs = self.c.node(i).blob_debug();
+                    self.c.note(|| format!("n{i} blobs: {blobs}"));
+                    for j in (0..self.c.len()).filter(|j| *j != i) {
+                        let d = self.c.node(i).peer_debug(&crate::cluster::node_id(j));
+                        self.c.note(|| format!("n{i} -> n{j}: {d}"));
+                    }
+                }
                 let what = self
                     .model
                     .missing(&self.c)
@@ -465,6 +577,7 @@ impl<'p> Runner<'p> {
                 });
             }
             self.c.run_for(1_000);
+            self.watch_step();
             round += 1;
         }
         self.heal_to_converged_ms = self.c.now_ms() - healed_at;
