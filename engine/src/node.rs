@@ -1610,7 +1610,12 @@ impl<S: Storage> Node<S> {
                         done = false;
                         break;
                     }
-                    if state.siblings.iter().any(|s| s.lsn > durable) {
+                    let me = self.cfg.node;
+                    if state
+                        .siblings
+                        .iter()
+                        .any(|s| s.lsn > durable && s.version.origin != me)
+                    {
                         done = false;
                         break;
                     }
