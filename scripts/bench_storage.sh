@@ -34,9 +34,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 target_dir="${CARGO_TARGET_DIR:-target}"
 scratch="${RECSYNC_BENCH_DIR:-$target_dir/tmp}"
 mkdir -p "$scratch"
+scratch="$(cd "$scratch" && pwd)"
 # The benchmark writes its logs under RECSYNC_BENCH_DIR or, by default,
 # CARGO_TARGET_TMPDIR, which is $target_dir/tmp: the same place.
 export RECSYNC_BENCH_DIR="$scratch"
+# Criterion writes its results under the target directory it finds, which
+# ignores CARGO_TARGET_DIR; say where, so the summary below reads this run.
+# (An absolute path: benchmarks run in the package's directory.)
+mkdir -p "$target_dir"
+export CRITERION_HOME="$(cd "$target_dir" && pwd)/criterion"
 
 work="$(mktemp -d "$scratch/bench-storage-run.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
@@ -84,7 +90,7 @@ echo "    $dd_after"
 
 echo
 echo "==> summary"
-python3 - "$target_dir/criterion" "$stamp" "$log" "${dd_before[@]}" "$dd_after" <<'EOF'
+python3 - "$CRITERION_HOME" "$stamp" "$log" "${dd_before[@]}" "$dd_after" <<'EOF'
 import json, os, re, sys
 
 crit_dir, stamp, log_path, dd_lines = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]

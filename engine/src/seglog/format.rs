@@ -92,15 +92,22 @@ pub fn decode_header(h: &[u8]) -> Result<u64, String> {
 /// Encodes one frame.
 pub fn encode_frame(kind: FrameKind, lsn: u64, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(FRAME_HEADER + payload.len());
-    f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    f.extend_from_slice(&[0u8; 4]);
-    f.push(kind as u8);
-    f.extend_from_slice(&[0u8; 3]);
-    f.extend_from_slice(&lsn.to_le_bytes());
-    f.extend_from_slice(payload);
-    let crc = frame_crc(&f);
-    f[4..8].copy_from_slice(&crc.to_le_bytes());
+    encode_frame_into(&mut f, kind, lsn, payload);
     f
+}
+
+/// Appends one encoded frame to `out`; returns its length.
+pub fn encode_frame_into(out: &mut Vec<u8>, kind: FrameKind, lsn: u64, payload: &[u8]) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0u8; 4]);
+    out.push(kind as u8);
+    out.extend_from_slice(&[0u8; 3]);
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(payload);
+    let crc = frame_crc(&out[start..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    out.len() - start
 }
 
 fn frame_crc(frame: &[u8]) -> u32 {

@@ -10,6 +10,11 @@ use crate::ids::Lsn;
 use crate::storage::{EntryBody, Storage, StorageError};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+/// Rounds a leader waits for more writers, at most.
+const GATHER_ROUNDS_MAX: usize = 8;
+/// Yields per round.
+const GATHER_YIELDS: usize = 4;
+
 struct SyncState {
     durable: Lsn,
     leader: bool,
@@ -91,6 +96,21 @@ impl<V: Vfs + Clone> SharedLog<V> {
     }
 
     fn lead_sync(&self) -> Result<Lsn, StorageError> {
+        // Let writers that are about to append join this sync (the writers
+        // the last sync just woke usually are): yield while the log keeps
+        // growing, a bounded number of times. This is PostgreSQL's
+        // commit_delay, without a clock.
+        let mut last = self.log()?.last_lsn();
+        for _ in 0..GATHER_ROUNDS_MAX {
+            for _ in 0..GATHER_YIELDS {
+                std::thread::yield_now();
+            }
+            let now = self.log()?.last_lsn();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
         let (target, file) = self.log()?.begin_sync()?;
         let result = match &file {
             Some(f) => f.sync_data(),

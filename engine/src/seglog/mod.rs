@@ -186,9 +186,20 @@ pub struct SegmentStorage<V: Vfs> {
     blobs: BlobStore<V>,
     failed: Option<StorageError>,
     recovery: Recovery,
+    /// Frames appended but not yet written to the active segment (one
+    /// write per `WRITE_BUFFER` bytes instead of one per frame); they are
+    /// written before any sync, seal or rotation, and reads see them.
+    wbuf: Vec<u8>,
+    /// The file offset of `wbuf[0]` in the active segment.
+    wbuf_at: u64,
+    /// Reused for encoding entries.
+    scratch: Vec<u8>,
     /// fdatasync calls on segments, for tests and benchmarks.
     pub log_syncs: u64,
 }
+
+/// Buffered frame bytes written to the file at once.
+const WRITE_BUFFER: usize = 256 << 10;
 
 fn log_path(name: &str) -> PathBuf {
     Path::new(LOG_DIR).join(name)
@@ -239,6 +250,9 @@ impl<V: Vfs + Clone> SegmentStorage<V> {
             blobs,
             failed: None,
             recovery: Recovery::default(),
+            wbuf: Vec::new(),
+            wbuf_at: 0,
+            scratch: Vec::new(),
             log_syncs: 0,
         };
         s.recover()?;
@@ -491,6 +505,7 @@ impl<V: Vfs + Clone> SegmentStorage<V> {
     /// Seals the active segment (durably) and starts a new one that can
     /// hold at least `need` bytes.
     fn rotate(&mut self, need: u64) -> Result<(), StorageError> {
+        self.flush_wbuf()?;
         let seq = self.active_seq()?;
         // Blob bytes become durable no later than the log that names them.
         if self.blobs.is_dirty() {
@@ -518,14 +533,23 @@ impl<V: Vfs + Clone> SegmentStorage<V> {
 
     /// Writes one frame to the active segment; returns where it went.
     fn write_frame(&mut self, frame: &[u8]) -> Result<Loc, StorageError> {
-        let need = frame.len() as u64 + format::FRAME_HEADER as u64; // room for the seal
+        self.write_frame_with(frame.len(), |buf| buf.extend_from_slice(frame))
+    }
+
+    /// Adds a frame of `len` bytes, which `encode` appends to the buffer.
+    fn write_frame_with(
+        &mut self,
+        len: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Loc, StorageError> {
+        let need = len as u64 + format::FRAME_HEADER as u64; // room for the seal
         let seq = self.active_seq()?;
         let fits = self
             .segments
             .get(&seq)
             .is_some_and(|s| s.write_pos + need <= s.size);
         if !fits {
-            self.rotate(frame.len() as u64)?;
+            self.rotate(len as u64)?;
         }
         let seq = self.active_seq()?;
         let seg = self.segments.get_mut(&seq).ok_or(StorageError::Io {
@@ -533,17 +557,42 @@ impl<V: Vfs + Clone> SegmentStorage<V> {
             detail: "no active segment".into(),
         })?;
         let offset = seg.write_pos;
-        seg.file
-            .write_at(offset, frame)
-            .map_err(|e| io_err("append", e))?;
-        seg.write_pos += frame.len() as u64;
-        seg.frame_bytes += frame.len() as u64;
+        if self.wbuf.is_empty() {
+            self.wbuf_at = offset;
+        }
+        debug_assert_eq!(self.wbuf_at + self.wbuf.len() as u64, offset);
+        let before = self.wbuf.len();
+        encode(&mut self.wbuf);
+        assert_eq!(self.wbuf.len() - before, len, "frame length");
+        seg.write_pos += len as u64;
+        seg.frame_bytes += len as u64;
         self.unsynced = true;
+        if self.wbuf.len() >= WRITE_BUFFER {
+            self.flush_wbuf()?;
+        }
         Ok(Loc {
             seq,
             offset,
-            len: frame.len() as u32,
+            len: len as u32,
         })
+    }
+
+    /// Writes the buffered frames to the active segment.
+    fn flush_wbuf(&mut self) -> Result<(), StorageError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let seq = self.active_seq()?;
+        let seg = self.segments.get(&seq).ok_or(StorageError::Io {
+            op: "append",
+            detail: "no active segment".into(),
+        })?;
+        seg.file
+            .write_at(self.wbuf_at, &self.wbuf)
+            .map_err(|e| io_err("append", e))?;
+        self.wbuf_at += self.wbuf.len() as u64;
+        self.wbuf.clear();
+        Ok(())
     }
 
     fn flush_releases(&mut self) -> Result<(), StorageError> {
@@ -566,6 +615,7 @@ impl<V: Vfs + Clone> SegmentStorage<V> {
         if self.blobs.is_dirty() {
             self.blobs.sync()?;
         }
+        self.flush_wbuf()?;
         if self.unsynced {
             let seq = self.active_seq()?;
             if let Some(seg) = self.segments.get(&seq) {
@@ -593,6 +643,7 @@ impl<V: Vfs + Clone> SegmentStorage<V> {
             if self.blobs.is_dirty() {
                 self.blobs.sync()?;
             }
+            self.flush_wbuf()?;
             let file = if self.unsynced {
                 let seq = self.active_seq()?;
                 self.unsynced = false;
@@ -620,13 +671,19 @@ impl<V: Vfs + Clone> SegmentStorage<V> {
     fn try_append(&mut self, body: &EntryBody) -> Result<Lsn, StorageError> {
         self.check_failed()?;
         self.flush_releases()?;
-        let payload = postcard::to_allocvec(body).map_err(|e| StorageError::Io {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let payload = postcard::to_extend(body, scratch).map_err(|e| StorageError::Io {
             op: "append",
             detail: format!("entry does not encode: {e}"),
         })?;
         let lsn = self.last_lsn + 1;
-        let frame = format::encode_frame(FrameKind::Entry, lsn, &payload);
-        let loc = self.write_frame(&frame)?;
+        let len = format::FRAME_HEADER + payload.len();
+        let loc = self.write_frame_with(len, |buf| {
+            format::encode_frame_into(buf, FrameKind::Entry, lsn, &payload);
+        });
+        self.scratch = payload;
+        let loc = loc?;
         if let Some(seg) = self.segments.get_mut(&loc.seq) {
             seg.live_bytes += loc.len as u64;
         }
@@ -643,34 +700,40 @@ impl<V: Vfs + Clone> SegmentStorage<V> {
             op: "read",
             detail: format!("segment {} of entry {lsn} is gone", loc.seq),
         })?;
-        let location = || {
-            format!(
-                "{LOG_DIR}/{} offset {}",
-                format::segment_name(loc.seq),
-                loc.offset
-            )
+        let decode = |b: &[u8]| match format::parse_frame(b, loc.offset) {
+            format::Parsed::Frame(f) if f.lsn == lsn && f.kind == FrameKind::Entry => {
+                postcard::from_bytes::<EntryBody>(&b[f.payload()])
+                    .map_err(|e| format!("entry does not decode: {e}"))
+            }
+            format::Parsed::Frame(f) => Err(format!(
+                "expected entry {lsn}, found {:?} {}",
+                f.kind, f.lsn
+            )),
+            format::Parsed::End => Err("entry is gone (zeros)".into()),
+            format::Parsed::Invalid(d) => Err(d),
         };
-        let decoded =
+        let buffered = !self.wbuf.is_empty()
+            && self.active_seq().is_ok_and(|a| a == loc.seq)
+            && loc.offset >= self.wbuf_at;
+        let decoded = if buffered {
+            let at = (loc.offset - self.wbuf_at) as usize;
+            match self.wbuf.get(at..at + loc.len as usize) {
+                Some(b) => decode(b),
+                None => Err("entry runs past the write buffer".to_string()),
+            }
+        } else {
             seg.file
-                .with_bytes(loc.offset, loc.len as usize, |b| match format::parse_frame(
-                    b, loc.offset,
-                ) {
-                    format::Parsed::Frame(f) if f.lsn == lsn && f.kind == FrameKind::Entry => {
-                        postcard::from_bytes::<EntryBody>(&b[f.payload()])
-                            .map_err(|e| format!("entry does not decode: {e}"))
-                    }
-                    format::Parsed::Frame(f) => Err(format!(
-                        "expected entry {lsn}, found {:?} {}",
-                        f.kind, f.lsn
-                    )),
-                    format::Parsed::End => Err("entry is gone (zeros)".into()),
-                    format::Parsed::Invalid(d) => Err(d),
-                })
-                .map_err(|e| io_err("read", e))?;
+                .with_bytes(loc.offset, loc.len as usize, decode)
+                .map_err(|e| io_err("read", e))?
+        };
         decoded
             .map(|body| LogEntry { lsn, body })
             .map_err(|detail| StorageError::Corrupt {
-                location: location(),
+                location: format!(
+                    "{LOG_DIR}/{} offset {}",
+                    format::segment_name(loc.seq),
+                    loc.offset
+                ),
                 detail,
             })
     }
