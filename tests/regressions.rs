@@ -591,3 +591,38 @@ fn explicit_sync_double_crash_seeds_converge() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// 8. Blob fetches for versions superseded while they waited.
+// ---------------------------------------------------------------------------
+
+/// Node 2 stages a recording from node 0 and fetches its blob (slowly);
+/// node 1, which got the blob, supersedes the recording; node 0 is wiped
+/// (its copy of the blob is gone) and re-seeded from node 1 with only the
+/// successor, which it relays to node 2. Node 2 no longer needs the blob,
+/// yet asked node 0 for it forever (`BlobWant`, `BlobMissing`, every ack
+/// timeout): the cluster never settled. (Simulator seeds 48 and 85.)
+#[test]
+fn fetch_for_superseded_staged_version_is_dropped() {
+    let mut c = ClusterBuilder::new(12, 3)
+        .two_way(0, 1)
+        .one_way(0, 2)
+        .peer(0, 2, |p| p.bandwidth_bytes_per_s = Some(256 << 10))
+        .build();
+    c.run_until_settled(10_000).unwrap();
+    c.put_recording(0, key(1), b"call", &audio(12, 4 << 20));
+    c.run_for(1_000); // node 1 has it all, node 2 has the batch
+    assert!(c.node(1).get(&key(1)).is_some());
+    assert_eq!(c.node(2).staged_versions(), 1);
+    c.put(1, key(1), labels("recording"), b"call, edited");
+    c.run_for(500);
+    c.wipe(0);
+    let r = c.run_until_settled(600_000);
+    assert!(
+        r.is_ok(),
+        "never settled ({r:?}); node 2: {}",
+        c.node(2).blob_debug()
+    );
+    assert_eq!(c.node(2).staged_versions(), 0);
+    assert!(c.digests_equal(&[0, 1, 2]));
+}

@@ -2061,6 +2061,36 @@ impl<S: Storage> Node<S> {
             f.source = next;
         }
         f.deadline_ms = deadline_ms;
+        self.drop_unneeded_fetch(hash);
+    }
+
+    /// Drops a fetch none of whose staged versions is needed any more: each
+    /// was superseded here (its successor applied, and durable, so a crash
+    /// cannot bring the need back before the stage is rebuilt from the log),
+    /// and `blob_arrived` would skip it anyway. Without this, a blob that
+    /// the reachable peers no longer hold was asked for forever. Called
+    /// only when the source just said it does not hold the blob, so no
+    /// transfer of it to us is under way.
+    fn drop_unneeded_fetch(&mut self, hash: [u8; 32]) {
+        let durable = self.storage.durable_lsn();
+        let needed = self.staged.get(&hash).is_some_and(|waiting| {
+            waiting.iter().any(|(_, v)| {
+                !self.keys.get(&v.key).is_some_and(|s| {
+                    s.has_seen(&v.dot) && s.siblings.iter().all(|x| x.lsn <= durable)
+                })
+            })
+        });
+        if needed {
+            return;
+        }
+        self.staged.remove(&hash);
+        self.fetches.remove(&hash);
+        if !self.blobs_complete.contains(&hash) {
+            // The partial copy: nothing will resume it.
+            if let Err(e) = self.storage.blob_remove(&hash) {
+                self.fail(e);
+            }
+        }
     }
 
     /// The connected peer we receive from that follows `after` in id order

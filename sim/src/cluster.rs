@@ -863,9 +863,25 @@ fn message_summary(m: &Message) -> String {
                 .collect::<Vec<_>>()
                 .join(" ")
         ),
+        Message::BlobWant(w) => format!(
+            "blob want {:02x}{:02x} from {}{}",
+            w.hash[0],
+            w.hash[1],
+            w.offset,
+            if w.restart { " (restart)" } else { "" }
+        ),
+        Message::BlobChunk(c) => format!(
+            "blob chunk {:02x}{:02x} at {} of {} ({} bytes)",
+            c.hash[0],
+            c.hash[1],
+            c.offset,
+            c.total_len,
+            c.data.len()
+        ),
+        Message::BlobMissing { hash } => format!("blob missing {:02x}{:02x}", hash[0], hash[1]),
         other => {
             let s = format!("{other:?}");
-            s.chars().take(120).collect()
+            s.chars().take(160).collect()
         }
     }
 }

@@ -13,8 +13,11 @@ recsync-sim: deterministic simulation of recsync clusters
 
 Usage:
   recsync-sim --seed N [--swarm] [--trace]   run one seed; prints its trace hash
-  recsync-sim --seeds A..B [--swarm]         run seeds A (inclusive) to B
-                                             (exclusive) with a summary
+  recsync-sim --seeds A..B [--swarm] [--first-failure]
+                                             run seeds A (inclusive) to B
+                                             (exclusive) with a summary;
+                                             --first-failure stops at the
+                                             first failing seed
   recsync-sim --replay FILE [--trace]        run a plan written by --shrink
   recsync-sim --seed N [--swarm] --shrink    cut a failing run down to a
                                              minimal plan and write it to a file
@@ -29,6 +32,7 @@ struct Args {
     swarm: bool,
     trace: bool,
     shrink: bool,
+    first_failure: bool,
     replay: Option<String>,
     canary: Option<String>,
 }
@@ -39,6 +43,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         swarm: false,
         trace: false,
         shrink: false,
+        first_failure: false,
         replay: None,
         canary: None,
     };
@@ -70,6 +75,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--swarm" => a.swarm = true,
             "--trace" => a.trace = true,
             "--shrink" => a.shrink = true,
+            "--first-failure" => a.first_failure = true,
             "--replay" => a.replay = Some(value("--replay")?),
             "--canary" => a.canary = Some(value("--canary")?),
             "-h" | "--help" | "help" => return Err(String::new()),
@@ -176,6 +182,7 @@ fn range(lo: u64, hi: u64, a: &Args) -> ExitCode {
     let mut worst_lag = (0u64, lo);
     let mut failed = Vec::new();
     let mut range_hash = blake3::Hasher::new();
+    let mut seeds_run = 0u64;
     for (done, seed) in (lo..hi).enumerate() {
         let plan = Plan::generate(seed, a.swarm);
         let out = swarm::run(&plan, false);
@@ -190,12 +197,17 @@ fn range(lo: u64, hi: u64, a: &Args) -> ExitCode {
         if out.stats.heal_to_converged_ms > worst_lag.0 {
             worst_lag = (out.stats.heal_to_converged_ms, seed);
         }
+        let done = done as u64 + 1;
+        seeds_run = done;
         if let Some(f) = out.failure {
             println!("seed {seed} FAILED: {f}");
             println!("  replay: {}", replay_line(seed, a));
             failed.push(seed);
+            if a.first_failure {
+                println!("first failure after {done} seeds");
+                break;
+            }
         }
-        let done = done as u64 + 1;
         if tty {
             let width = 40;
             let filled = (done * width / total) as usize;
@@ -215,7 +227,7 @@ fn range(lo: u64, hi: u64, a: &Args) -> ExitCode {
     }
     let real = started.elapsed().as_secs_f64();
     println!(
-        "seeds run: {total} ({}), {} failed",
+        "seeds run: {seeds_run} ({}), {} failed",
         if a.swarm { "swarm" } else { "standard" },
         failed.len()
     );
@@ -234,7 +246,7 @@ fn range(lo: u64, hi: u64, a: &Args) -> ExitCode {
         sim_ms as f64 / 1000.0,
         real,
         sim_ms as f64 / 1000.0 / real.max(1e-9),
-        total as f64 * 60.0 / real.max(1e-9)
+        seeds_run as f64 * 60.0 / real.max(1e-9)
     );
     println!(
         "trace hash of the range: {}",

@@ -10,7 +10,8 @@ use crate::net::NetConfig;
 use recsync_engine::disk::{CrashMode, SimFaults};
 use recsync_engine::seglog::{Durability, LogOptions};
 use recsync_engine::{
-    ConflictPolicy, Dot, Event, Lsn, Name, NodeConfig, Schedule, Storage, Window, WriteOp,
+    ConflictPolicy, Dot, Event, Key, Lsn, Name, NodeConfig, Schedule, Storage, VersionVector,
+    Window, WriteOp,
 };
 use std::collections::BTreeMap;
 
@@ -416,31 +417,57 @@ impl<'p> Runner<'p> {
     }
 
     /// Writes that lived durably only on a node being wiped may be gone:
-    /// a version is excused unless another running node holds it durably
-    /// (a crashed node's disk counts as lost here, which only excuses more).
+    /// a version is excused unless another running node holds it durably,
+    /// itself or through a successor (a crashed node's disk counts as lost
+    /// here, which only excuses more).
     fn excuse_wiped(&mut self, i: usize) {
-        let c = &self.c;
+        let held: Vec<BTreeMap<Key, VersionVector>> = (0..self.c.len())
+            .map(|j| {
+                if j != i && self.c.is_up(j) {
+                    self.durably_seen(j)
+                } else {
+                    BTreeMap::new()
+                }
+            })
+            .collect();
         for w in self.model.written.values_mut() {
             if w.excused || !w.acked {
                 continue;
             }
             let (key, dot) = (&w.version.key, &w.version.dot);
-            let survives = (0..c.len()).filter(|j| *j != i && c.is_up(*j)).any(|j| {
-                let node = c.node(j);
-                let Some(st) = node.key_state(key) else {
-                    return false;
-                };
-                if !st.has_seen(dot) {
-                    return false;
-                }
-                let standing = st.siblings.iter().any(|s| s.version.dot == *dot);
-                // Superseded there: its successor carries it.
-                !standing || node.copies(key, dot).contains(&crate::cluster::node_id(j))
-            });
-            if !survives {
+            if !held
+                .iter()
+                .any(|h| h.get(key).is_some_and(|vv| vv.covers(dot)))
+            {
                 w.excused = true;
             }
         }
+    }
+
+    /// What node `j` would still have seen after a restart, per key: the
+    /// versions of its durable log entries and what they supersede. A
+    /// successor the node applied but has not made durable does not count
+    /// (a crash or restart may take it away with what it superseded).
+    fn durably_seen(&self, j: usize) -> BTreeMap<Key, VersionVector> {
+        let s = self.c.node(j).storage();
+        let durable = s.durable_lsn();
+        let mut out: BTreeMap<Key, VersionVector> = BTreeMap::new();
+        let mut from = s.first_retained_lsn();
+        while let Ok(chunk) = s.scan(from, 4096) {
+            let Some(last) = chunk.last() else { break };
+            from = last.lsn + 1;
+            for e in chunk.iter().filter(|e| e.lsn <= durable) {
+                for v in e.body.versions() {
+                    let vv = out.entry(v.key).or_default();
+                    vv.join(&v.context);
+                    vv.add(&v.dot);
+                }
+            }
+            if last.lsn >= durable {
+                break;
+            }
+        }
+        out
     }
 
     fn write(&mut self, i: usize, ops: &[Op]) -> Result<(), Failure> {
