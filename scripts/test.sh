@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's full test run: build, tests, formatting, lints, the C tests
-# (when present) and a smoke run of the demo. Stops at the first failing step
+# (when present), the simulator (seed ranges, determinism, planted bugs) and
+# a smoke run of the demo. Stops at the first failing step
 # with that step's exit code; on success it ends with "N passed, 0 failed".
 set -euo pipefail
 
@@ -52,6 +53,10 @@ if [[ -f tests/c/run.sh ]]; then
     bash tests/c/run.sh
     ok
 fi
+
+step "simulator: bash scripts/sim_check.sh (seed ranges, determinism, planted bugs)"
+bash scripts/sim_check.sh
+ok
 
 step "smoke: cargo run --quiet -- demo"
 cargo run --quiet -- demo >/dev/null

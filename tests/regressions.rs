@@ -626,3 +626,64 @@ fn fetch_for_superseded_staged_version_is_dropped() {
     assert_eq!(c.node(2).staged_versions(), 0);
     assert!(c.digests_equal(&[0, 1, 2]));
 }
+
+// ---------------------------------------------------------------------------
+// 9. A fetched blob named by a log entry that outlived it.
+// ---------------------------------------------------------------------------
+
+/// Node 1 (on disk, periodic) fetches a recording's blob and appends its
+/// `BlobReady`; neither is synced, but more entries follow, enough for the
+/// log to write its buffer to the file. A torn crash keeps the log's
+/// unsynced frames but not the blob's bytes or name (each file keeps its
+/// own prefix, as a real disk may), so after the restart node 1 believed
+/// it held a blob it had cut short or lost: it served it with the wrong
+/// length, and every peer refused the session as misbehaving, for good.
+/// (Simulator seed 58.)
+#[test]
+fn blob_ready_never_outlives_its_blob_in_a_crash() {
+    use recsync_engine::disk::CrashMode;
+    use recsync_engine::seglog::{Durability, LogOptions};
+    let data = audio(58, 40_000);
+    for seed in 0..16u64 {
+        let mut c = ClusterBuilder::new(58, 2)
+            .one_way(0, 1)
+            .on_disk(LogOptions {
+                durability: Durability::Periodic,
+                blob_chunk: 4 << 10,
+                ..LogOptions::default()
+            })
+            .build();
+        c.run_until_settled_syncing(10_000).expect("settles");
+        let dot = c.put_recording(0, key(1), b"call", &data).dots[0];
+        c.sync_storage(0);
+        run_syncing(&mut c, 2_000, &[0]);
+        let held = |c: &Cluster| {
+            c.node(1)
+                .key_state(&key(1))
+                .is_some_and(|s| s.has_seen(&dot))
+        };
+        assert!(held(&c), "node 1 applied the recording");
+        // Unsynced entries after the `BlobReady`, more than the log's write
+        // buffer holds, so its frames reach the file.
+        for k in 0..6 {
+            c.put(1, key(100 + k), labels("user"), &[7; 60 << 10]);
+        }
+        c.crash_with(1, CrashMode::Torn { seed });
+        c.restart(1);
+        let hash = match &c.node(0).get(&key(1)).expect("written").siblings[0].body {
+            recsync_engine::Body::Live { blob: Some(b), .. } => b.hash,
+            _ => panic!("a recording"),
+        };
+        if c.node(1).has_blob(&hash) {
+            let got = c.node(1).read_blob(&hash, 0, data.len()).expect("reads");
+            assert!(
+                got == data,
+                "seed {seed}: node 1 claims a blob it cut short"
+            );
+        }
+        c.run_until_settled_syncing(60_000).expect("settles");
+        assert!(held(&c), "seed {seed}: node 1 has the recording");
+        let got = c.node(1).read_blob(&hash, 0, data.len()).expect("reads");
+        assert!(got == data, "seed {seed}: node 1 holds the whole blob");
+    }
+}

@@ -25,6 +25,11 @@ pub struct Fetch {
     pub deadline_ms: u64,
     /// Whole copies that failed verification (backs the retries off).
     pub failures: u32,
+    /// The last restart asked after a gap: (from offset, at time). One per
+    /// offset per ack timeout, or every chunk of a window in flight past a
+    /// gap would restart the sender again, and each restart resends the
+    /// window: the requests would multiply.
+    pub restart_asked: Option<(u64, u64)>,
 }
 
 /// A blob this node is serving to one peer.

@@ -17,8 +17,9 @@ pub enum Canary {
     ResumeCursorOffByOne,
     /// Trimming treats a standing tombstone's entry as dead.
     TrimDropsLiveTombstone,
-    /// Serving a blob after a restart skips a chunk.
-    BlobChunkSkippedOnResume,
+    /// A recording is applied (and relayed) as soon as its metadata
+    /// arrives, before its blob is here.
+    RecordingAppliedBeforeBlob,
     /// A restart keeps the dot origin and counts on from what the log kept.
     DotOriginReused,
 }
@@ -34,8 +35,8 @@ pub const ALL: &[(Canary, &str)] = &[
     (Canary::ResumeCursorOffByOne, "resume-cursor-off-by-one"),
     (Canary::TrimDropsLiveTombstone, "trim-drops-live-tombstone"),
     (
-        Canary::BlobChunkSkippedOnResume,
-        "blob-chunk-skipped-on-resume",
+        Canary::RecordingAppliedBeforeBlob,
+        "recording-applied-before-blob",
     ),
     (Canary::DotOriginReused, "dot-origin-reused"),
 ];

@@ -1110,7 +1110,7 @@ impl<S: Storage> Node<S> {
                     && !self.is_staged(v)
                     && taken.insert(v.dot)
             })
-            .partition(|v| self.blob_ready(v));
+            .partition(|v| self.blob_ready(v) || canary::on(Canary::RecordingAppliedBeforeBlob));
         let body = EntryBody::Remote {
             from: peer,
             versions,
@@ -1175,7 +1175,15 @@ impl<S: Storage> Node<S> {
             // The receiver stands somewhere that is not the end of a batch
             // in flight (what we sent after it was lost, reordered, or cut
             // differently before a go-back): nothing in flight can apply
-            // there. Take the position as acknowledged and go back to it.
+            // there. Take the position as acknowledged and go back to it,
+            // once per position and ack timeout (see `last_go_back`).
+            let timeout = self.cfg.timing.ack_timeout_ms;
+            if p.last_go_back
+                .is_some_and(|(c, at)| c == a.cursor && now < at + timeout)
+            {
+                return;
+            }
+            p.last_go_back = Some((a.cursor, now));
             out.sent = a.cursor;
             out.inflight.clear();
             p.stats.resends += 1;
@@ -1835,6 +1843,7 @@ impl<S: Storage> Node<S> {
                 source: from,
                 deadline_ms: self.now_ms + self.cfg.timing.ack_timeout_ms,
                 failures: 0,
+                restart_asked: None,
             },
         );
         Some(hash)
@@ -1907,9 +1916,6 @@ impl<S: Storage> Node<S> {
         });
         if w.restart {
             s.sent = w.offset;
-            if canary::on(Canary::BlobChunkSkippedOnResume) && w.offset > 0 {
-                s.sent = (w.offset + crate::blobs::BLOB_CHUNK_BYTES as u64).min(s.len);
-            }
         }
         if w.offset >= s.acked {
             s.acked = w.offset;
@@ -1996,7 +2002,19 @@ impl<S: Storage> Node<S> {
         }
         let present = self.storage.blob_len(&c.hash);
         if crc32c::crc32c(&c.data) != c.crc32c || c.offset > present {
-            // Corrupt or after a gap: ask again from what we have.
+            // Corrupt or after a gap: ask again from what we have, once per
+            // ack timeout (see `Fetch::restart_asked`).
+            let now = self.now_ms;
+            let timeout = self.cfg.timing.ack_timeout_ms;
+            let Some(f) = self.fetches.get_mut(&c.hash) else {
+                return Ok(());
+            };
+            if f.restart_asked
+                .is_some_and(|(off, at)| off == present && now < at + timeout)
+            {
+                return Ok(());
+            }
+            f.restart_asked = Some((present, now));
             self.send_want(c.hash, true);
             return Ok(());
         }

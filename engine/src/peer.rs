@@ -116,6 +116,11 @@ pub struct Peer {
     /// The next thing to send is a received version not yet durable here:
     /// no timer until `handle_durable` pumps again.
     pub waiting_for_durable: bool,
+    /// The last go-back (to this cursor, at this time): a repeat of the same
+    /// acknowledgement within an ack timeout does not go back again, or
+    /// each duplicate would resend the window and each resent batch arriving
+    /// out of sequence would bring another acknowledgement.
+    pub last_go_back: Option<(Cursor, u64)>,
     /// Manual schedule: ship entries up to this LSN (set by sync now).
     pub sync_upto: Lsn,
     pub bucket: Option<TokenBucket>,
@@ -177,6 +182,7 @@ impl Peer {
             decoder: FrameDecoder::new(frame_payload_len_max),
             partial_since_ms: None,
             waiting_for_durable: false,
+            last_go_back: None,
             reconnect_attempt: 0,
             backlog: VecDeque::new(),
             acked: None,

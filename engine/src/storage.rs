@@ -134,7 +134,9 @@ pub trait Storage {
 
     /// Appends bytes to a blob at `offset`, which must be its present
     /// length. Blob bytes are durable no later than any log entry appended
-    /// after them (a crash may cut an unfinished blob short).
+    /// after them, and before an entry whose versions name the blob is
+    /// written at all (a crash may keep that entry without a sync); a crash
+    /// may cut an unfinished blob short.
     fn blob_append(&mut self, id: &BlobId, offset: u64, data: &[u8]) -> Result<(), StorageError>;
     /// Bytes of the blob present (0 if none).
     fn blob_len(&self, id: &BlobId) -> u64;

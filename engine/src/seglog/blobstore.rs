@@ -368,6 +368,11 @@ impl<V: Vfs> BlobStore<V> {
         Ok(())
     }
 
+    /// Whether this blob has bytes that wait for `sync`.
+    pub fn is_dirty_blob(&self, id: &BlobId) -> bool {
+        self.dirty.contains(id)
+    }
+
     /// Whether anything waits for `sync`.
     pub fn is_dirty(&self) -> bool {
         self.dir_dirty || !self.dirty.is_empty()

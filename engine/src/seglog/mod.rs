@@ -27,6 +27,7 @@ pub mod group;
 
 use crate::disk::{Vfs, VfsFile};
 use crate::ids::Lsn;
+use crate::record::Body;
 use crate::storage::{BlobId, EntryBody, LogEntry, NodeMeta, Storage, StorageError};
 use blobstore::BlobStore;
 use format::{FrameKind, ScanEnd, HEADER_LEN};
@@ -671,6 +672,17 @@ impl<V: Vfs + Clone> SegmentStorage<V> {
     fn try_append(&mut self, body: &EntryBody) -> Result<Lsn, StorageError> {
         self.check_failed()?;
         self.flush_releases()?;
+        // A blob an entry names is durable, bytes and name, before the entry
+        // is written: a crash can keep an unsynced frame while losing the
+        // blob's unsynced tail, and the entry would then claim a blob cut
+        // short (a fetched blob's `BlobReady`; simulator seed 58).
+        let names_dirty_blob = body.versions().iter().any(|v| match &v.body {
+            Body::Live { blob: Some(b), .. } => self.blobs.is_dirty_blob(&b.hash),
+            _ => false,
+        });
+        if names_dirty_blob {
+            self.blobs.sync()?;
+        }
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let payload = postcard::to_extend(body, scratch).map_err(|e| StorageError::Io {

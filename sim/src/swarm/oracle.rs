@@ -38,6 +38,12 @@ pub struct Written {
     pub acked: bool,
     /// Durable only on a node that was wiped: it may be gone.
     pub excused: bool,
+    /// The nodes it must spread from: its origin until a wipe; after a wipe
+    /// of node i, the others that held it durably then, plus the sources
+    /// before but i. A wiped origin or relay may have been the only way
+    /// some node could get it: a wiped origin whose one inbound link
+    /// filters its class out never gets its own write back, rightly.
+    pub sources: BTreeSet<usize>,
 }
 
 /// What the oracle knows.
@@ -108,15 +114,16 @@ impl Model {
                 at_ms,
                 acked: false,
                 excused: false,
+                sources: BTreeSet::from([origin]),
             },
         );
         Ok(())
     }
 
-    /// The nodes a version of class `class` written at `origin` must reach.
-    pub fn reach(&self, origin: usize, class: usize) -> BTreeSet<usize> {
-        let mut seen = BTreeSet::from([origin]);
-        let mut todo = vec![origin];
+    /// The nodes a version of class `class` held at `starts` must reach.
+    pub fn reach(&self, starts: impl IntoIterator<Item = usize>, class: usize) -> BTreeSet<usize> {
+        let mut seen: BTreeSet<usize> = starts.into_iter().collect();
+        let mut todo: Vec<usize> = seen.iter().copied().collect();
         while let Some(a) = todo.pop() {
             for (&(from, to), excl) in &self.links {
                 if from == a && *excl != Some(class as u8) && seen.insert(to) {
@@ -134,6 +141,14 @@ impl Model {
             .unwrap_or(0)
     }
 
+    /// The nodes a version must reach: from its sources and from every node
+    /// that holds it now, along the links that carry its class.
+    fn targets(&self, c: &Cluster, dot: &Dot, w: &Written) -> BTreeSet<usize> {
+        let holders = (0..c.len()).filter(|i| seen_by(c, *i, &w.version.key, dot));
+        let from = w.sources.iter().copied().chain(holders);
+        self.reach(from, Self::class_of_version(&w.version))
+    }
+
     /// Versions that must exist: acknowledged and not excused, plus any
     /// version some node holds.
     fn must_exist(&self, c: &Cluster, dot: &Dot, w: &Written) -> bool {
@@ -146,8 +161,7 @@ impl Model {
             if !self.must_exist(c, dot, w) {
                 continue;
             }
-            let class = Self::class_of_version(&w.version);
-            for j in self.reach(w.origin, class) {
+            for j in self.targets(c, dot, w) {
                 if !seen_by(c, j, &w.version.key, dot) {
                     let holders: Vec<usize> = (0..c.len())
                         .filter(|i| seen_by(c, *i, &w.version.key, dot))
@@ -307,7 +321,7 @@ impl Model {
                 if !self.must_exist(c, d, w) {
                     continue;
                 }
-                for j in self.reach(w.origin, Self::class_of_version(&w.version)) {
+                for j in self.targets(c, d, w) {
                     expect[j].insert(**d);
                 }
             }

@@ -119,8 +119,32 @@ fn build(plan: &Plan) -> Cluster {
     b.build()
 }
 
-/// Runs a plan. With `trace`, readable trace lines are kept.
+/// Runs a plan. With `trace`, readable trace lines are printed as they
+/// happen. A panic in the engine or the harness (a livelock the harness
+/// detects, say) is a failure of its own, not a crash of the caller.
 pub fn run(plan: &Plan, trace: bool) -> Outcome {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_inner(plan, trace))) {
+        Ok(out) => out,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Outcome {
+                trace_hash: [0; 32],
+                failure: Some(Failure {
+                    invariant: "no panic",
+                    detail: msg.chars().take(2_000).collect(),
+                }),
+                stats: Stats::default(),
+                trace: Vec::new(),
+            }
+        }
+    }
+}
+
+fn run_inner(plan: &Plan, trace: bool) -> Outcome {
     let mut r = Runner::new(plan, trace);
     let failure = r.go().err();
     let trace_hash = r.c.trace_hash();
@@ -419,7 +443,8 @@ impl<'p> Runner<'p> {
     /// Writes that lived durably only on a node being wiped may be gone:
     /// a version is excused unless another running node holds it durably,
     /// itself or through a successor (a crashed node's disk counts as lost
-    /// here, which only excuses more).
+    /// here, which only excuses more). From then on every version spreads
+    /// from those holders (and its other sources), no longer from node i.
     fn excuse_wiped(&mut self, i: usize) {
         let held: Vec<BTreeMap<Key, VersionVector>> = (0..self.c.len())
             .map(|j| {
@@ -431,14 +456,13 @@ impl<'p> Runner<'p> {
             })
             .collect();
         for w in self.model.written.values_mut() {
-            if w.excused || !w.acked {
-                continue;
-            }
             let (key, dot) = (&w.version.key, &w.version.dot);
-            if !held
-                .iter()
-                .any(|h| h.get(key).is_some_and(|vv| vv.covers(dot)))
-            {
+            let holders: Vec<usize> = (0..held.len())
+                .filter(|j| held[*j].get(key).is_some_and(|vv| vv.covers(dot)))
+                .collect();
+            w.sources.remove(&i);
+            w.sources.extend(&holders);
+            if w.acked && holders.is_empty() {
                 w.excused = true;
             }
         }
