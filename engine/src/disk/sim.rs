@@ -34,6 +34,11 @@ pub struct SimFaults {
     /// Total bytes the disk holds; a write that would grow past it fails
     /// with "no space".
     pub capacity: Option<u64>,
+    /// The next this many reads come back with one bit flipped (silent
+    /// corruption: only a checksum can tell).
+    pub corrupt_reads: u32,
+    /// The next this many reads come back short (an I/O error).
+    pub short_reads: u32,
 }
 
 /// Operation counts, for tests and benchmarks.
@@ -327,10 +332,23 @@ impl VfsFile for SimFile {
     fn with_bytes<R>(&self, offset: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> io::Result<R> {
         let bytes = self.with(|st, ino| {
             let file = st.files.get(&ino).ok_or_else(|| not_found(&self.path))?;
-            match offset.checked_add(len as u64) {
-                Some(end) if end <= file.len => Ok(file.read(offset, len)),
-                _ => Err(short_file(&self.path, offset, len, file.len)),
+            let mut bytes = match offset.checked_add(len as u64) {
+                Some(end) if end <= file.len => file.read(offset, len),
+                _ => return Err(short_file(&self.path, offset, len, file.len)),
+            };
+            if len > 0 && st.faults.short_reads > 0 {
+                st.faults.short_reads -= 1;
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{}: injected short read", self.path.display()),
+                ));
             }
+            if len > 0 && st.faults.corrupt_reads > 0 {
+                st.faults.corrupt_reads -= 1;
+                let at = (mix(offset ^ len as u64) % len as u64) as usize;
+                bytes[at] ^= 1 << (offset % 8);
+            }
+            Ok(bytes)
         })?;
         Ok(f(&bytes))
     }
@@ -551,6 +569,7 @@ mod tests {
             failing_writes: 1,
             failing_syncs: 1,
             capacity: Some(8),
+            ..Default::default()
         });
         assert!(f.write_at(0, b"x").is_err());
         f.write_at(0, b"12345678").unwrap();
@@ -561,6 +580,33 @@ mod tests {
         assert!(f.sync_data().is_err());
         f.sync_data().unwrap();
         assert_eq!(fs.stats().data_syncs, 1);
+    }
+
+    #[test]
+    fn injected_read_faults_corrupt_or_cut_one_read_each() {
+        let fs = SimFs::new();
+        let f = fs.create(&p("a")).unwrap();
+        f.write_at(0, b"abcdefgh").unwrap();
+        fs.set_faults(SimFaults {
+            corrupt_reads: 1,
+            short_reads: 1,
+            ..Default::default()
+        });
+        assert!(f.with_bytes(0, 8, |_| ()).is_err(), "short read first");
+        let corrupt = f.with_bytes(0, 8, |b| b.to_vec()).unwrap();
+        assert_ne!(corrupt, b"abcdefgh");
+        let diff: u32 = corrupt
+            .iter()
+            .zip(b"abcdefgh")
+            .map(|(x, y)| (x ^ y).count_ones())
+            .sum();
+        assert_eq!(diff, 1, "one bit flipped");
+        assert_eq!(f.with_bytes(0, 8, |b| b.to_vec()).unwrap(), b"abcdefgh");
+        assert_eq!(
+            fs.contents(&p("a")).unwrap(),
+            b"abcdefgh",
+            "the disk is intact"
+        );
     }
 
     #[test]

@@ -75,6 +75,11 @@ struct OpenBlob<F> {
     len: u64,
     /// File offset after the last valid chunk.
     end: u64,
+    /// Something invalid follows the last valid chunk: a torn append, or a
+    /// bad read. Nothing is cut on a read (a read error must never destroy
+    /// data): the view is walked again on the next access, and the file is
+    /// cut at `end` only when the blob is appended to.
+    suspect: bool,
 }
 
 /// Reads a chunk header at `pos`: `(len, crc, offset)`.
@@ -200,7 +205,7 @@ impl<V: Vfs> BlobStore<V> {
     /// Opens a blob into the cache (cutting a torn last chunk); false when
     /// it does not exist.
     fn load(&self, id: &BlobId) -> Result<bool, StorageError> {
-        if self.open.borrow().contains_key(id) {
+        if self.open.borrow().get(id).is_some_and(|b| !b.suspect) {
             return Ok(true);
         }
         let path = self.path(id);
@@ -209,7 +214,7 @@ impl<V: Vfs> BlobStore<V> {
         }
         let file = self.vfs.open(&path).map_err(|e| io_err("blob open", e))?;
         let (mut chunks, stop) = walk_chunks(&file).map_err(|e| io_err("blob open", e))?;
-        // The last chunk may be a torn append: check it now, cut if bad.
+        // The last chunk may be a torn append: check it now.
         let mut cut = stop.map(|(pos, _)| pos);
         if let Some(last) = chunks.last().copied() {
             if with_chunk(&file, &last, |_| ())
@@ -223,10 +228,6 @@ impl<V: Vfs> BlobStore<V> {
         let end = chunks
             .last()
             .map_or(0, |c| c.file_offset + CHUNK_HEADER as u64 + c.len as u64);
-        if cut.is_some() {
-            file.set_len(end).map_err(|e| io_err("blob open", e))?;
-            file.sync_data().map_err(|e| io_err("blob open", e))?;
-        }
         let len = chunks.iter().map(|c| c.len as u64).sum();
         self.open.borrow_mut().insert(
             *id,
@@ -235,6 +236,7 @@ impl<V: Vfs> BlobStore<V> {
                 chunks,
                 len,
                 end,
+                suspect: cut.is_some(),
             },
         );
         Ok(true)
@@ -261,6 +263,7 @@ impl<V: Vfs> BlobStore<V> {
                     chunks: Vec::new(),
                     len: 0,
                     end: 0,
+                    suspect: false,
                 },
             );
         }
@@ -274,6 +277,14 @@ impl<V: Vfs> BlobStore<V> {
                 op: "blob_append",
                 detail: format!("offset {offset} is not the blob's length {}", b.len),
             });
+        }
+        if b.suspect {
+            // Appending continues from the last valid chunk: what follows it
+            // goes (it is re-sent by whoever supplies the rest).
+            b.file
+                .set_len(b.end)
+                .map_err(|e| io_err("blob_append", e))?;
+            b.suspect = false;
         }
         for piece in data.chunks(self.chunk) {
             let frame = encode_chunk(b.len, piece);
