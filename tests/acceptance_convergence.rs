@@ -49,6 +49,7 @@ fn run_case(seed: u64) -> Case {
         } else {
             0.0
         },
+        wan_bytes_per_s: None,
     };
     let user_policy = policy(&mut rng, n);
     let group_policy = policy(&mut rng, n);

@@ -326,6 +326,7 @@ fn explore(seed: u64, explicit: bool, wipes: bool) -> Explored {
         reorder: rng.gen_bool(0.5),
         drop_probability: if rng.gen_bool(0.5) { 0.05 } else { 0.0 },
         duplicate_probability: if rng.gen_bool(0.5) { 0.1 } else { 0.0 },
+        wan_bytes_per_s: None,
     };
     let mut b = ClusterBuilder::new(seed, n).net(net).all_nodes(|cfg| {
         cfg.timing.ack_timeout_ms = 300;
@@ -686,4 +687,112 @@ fn blob_ready_never_outlives_its_blob_in_a_crash() {
         let got = c.node(1).read_blob(&hash, 0, data.len()).expect("reads");
         assert!(got == data, "seed {seed}: node 1 holds the whole blob");
     }
+}
+
+// ---------------------------------------------------------------------------
+// 10. A storage error the node swallowed.
+// ---------------------------------------------------------------------------
+
+/// Node 0 (on disk) must reserve more dot counters before a write and the
+/// metadata write fails. The write was refused, but the node did not mark
+/// itself failed: the log refused every later write (fsyncgate) while
+/// `failure()` said all was well, so a supervisor that restarts failed
+/// nodes left it alone; it fail-stopped only later, at its next handshake,
+/// and nothing it held ever left it again. (Simulator swarm seed 93.)
+#[test]
+fn failed_counter_reservation_fails_the_node() {
+    use recsync_engine::disk::{CrashMode, SimFaults};
+    use recsync_engine::seglog::{Durability, LogOptions};
+    use recsync_engine::{StorageError, WriteError, WriteOp};
+    use recsync_sim::cluster::put_req;
+    let mut c = ClusterBuilder::new(93, 2)
+        .two_way(0, 1)
+        .all_nodes(|cfg| cfg.timing.counter_block = 1)
+        .on_disk(LogOptions {
+            // Entries wait in the write buffer: the metadata write is the
+            // first to reach the disk.
+            durability: Durability::Periodic,
+            ..LogOptions::default()
+        })
+        .build();
+    c.run_until_settled_syncing(10_000).expect("settles");
+    c.put(0, key(1), labels("user"), b"before");
+    c.run_until_settled_syncing(10_000).expect("settles");
+    let fail_writes = |c: &mut Cluster, n: u32| {
+        let d = c.node_mut(0).storage_mut().disk_mut().expect("on disk");
+        d.fs.set_faults(SimFaults {
+            failing_writes: n,
+            ..Default::default()
+        });
+    };
+    fail_writes(&mut c, 1);
+    // With one counter reserved at a time, one of two writes reserves more.
+    let mut refused = None;
+    for k in 0..2 {
+        let w = WriteOp::Put(put_req(key(10 + k), labels("user"), b"during"));
+        if let Err(e) = c.try_write(0, vec![w]) {
+            refused = Some(e);
+            break;
+        }
+    }
+    assert!(
+        matches!(
+            refused,
+            Some(WriteError::Storage(StorageError::Io {
+                op: "store_meta",
+                ..
+            }))
+        ),
+        "the reservation failed: {refused:?}"
+    );
+    assert!(
+        c.node(0).failure().is_some(),
+        "a storage error marks the node failed"
+    );
+    let again = c.try_write(0, vec![WriteOp::Delete(key(1))]);
+    assert!(matches!(again, Err(WriteError::Failed)), "{again:?}");
+    // The supervisor restarts the failed node on its repaired disk; the
+    // pair converges again.
+    fail_writes(&mut c, 0);
+    c.crash_with(0, CrashMode::LoseUnsynced);
+    c.restart(0);
+    c.put(0, key(2), labels("user"), b"after");
+    c.run_until_settled_syncing(60_000).expect("settles");
+    assert!(c.digests_equal(&[0, 1]));
+    assert!(c.node(1).get(&key(2)).is_some());
+}
+
+// ---------------------------------------------------------------------------
+// 11. Lost own writes come back along any path, not only from direct peers.
+// ---------------------------------------------------------------------------
+
+/// In the one-way ring 0 -> 1 -> 2 -> 0, node 0's non-durable write reaches
+/// node 2 only through node 1 (node 0 gets nothing from node 1), while node
+/// 0 runs as the write's origin, so node 2 does not queue it for node 0.
+/// Node 0 crashes and loses it; node 2, not a peer it was sent to, echoes
+/// it back. Then the same again with a second write and a second crash:
+/// both lost ranges are announced and honoured. (Guards the rule of the
+/// simulator's oracle: a crashed origin is owed its lost write by any
+/// holder whose links lead to it, and only by one; swarm seed 6.)
+#[test]
+fn lost_own_write_comes_back_through_a_relay() {
+    let mut c = ClusterBuilder::new(5, 3)
+        .one_way(0, 1)
+        .one_way(1, 2)
+        .one_way(2, 0)
+        .explicit_sync()
+        .build();
+    assert!(settle_syncing(&mut c, 10_000));
+    for k in [1, 2] {
+        c.put(0, key(k), labels("user"), b"lost at its origin");
+        run_syncing(&mut c, 2_000, &[1, 2]);
+        assert!(c.node(2).get(&key(k)).is_some(), "key {k} at node 2");
+        c.crash(0);
+        c.restart(0);
+        assert!(c.node(0).get(&key(k)).is_none(), "key {k} lost on node 0");
+        assert!(settle_syncing(&mut c, 60_000));
+        assert!(c.node(0).get(&key(k)).is_some(), "key {k} echoed to node 0");
+    }
+    assert!(c.node(0).get(&key(1)).is_some());
+    assert!(c.digests_equal(&[0, 1, 2]));
 }

@@ -624,7 +624,7 @@ impl<S: Storage> Node<S> {
         }
         let mut meta = self.meta.clone();
         meta.lsns_reserved = lsn + self.cfg.timing.counter_block;
-        self.storage.store_meta(&meta)?;
+        self.store_meta(&meta)?;
         self.meta = meta;
         Ok(())
     }
@@ -636,7 +636,7 @@ impl<S: Storage> Node<S> {
         }
         let mut meta = self.meta.clone();
         meta.counters_reserved = self.counter + n + self.cfg.timing.counter_block;
-        self.storage.store_meta(&meta)?;
+        self.store_meta(&meta)?;
         self.meta = meta;
         Ok(())
     }
@@ -1395,6 +1395,14 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// Stores the node metadata; a failure fails the node, as a failed
+    /// append does (the log refuses every later write after it).
+    fn store_meta(&mut self, meta: &NodeMeta) -> Result<(), StorageError> {
+        self.storage
+            .store_meta(meta)
+            .inspect_err(|e| self.fail(e.clone()))
+    }
+
     fn apply_version(&mut self, v: Version, lsn: Lsn) -> ApplyOutcome {
         note_max(&mut self.replica_max, &v.dot);
         let cfg = &self.cfg;
@@ -1725,7 +1733,10 @@ impl<S: Storage> Node<S> {
                     _ => false,
                 };
                 if !standing && !waiting && !keep_cursor.contains(&e.lsn) {
-                    self.storage.release(e.lsn)?;
+                    if let Err(e) = self.storage.release(e.lsn) {
+                        self.fail(e.clone());
+                        return Err(e);
+                    }
                     released += 1;
                 }
             }
@@ -2242,7 +2253,7 @@ impl<S: Storage> Node<S> {
         if acked != self.meta.peer_acked {
             let mut meta = self.meta.clone();
             meta.peer_acked = acked;
-            self.storage.store_meta(&meta)?;
+            self.store_meta(&meta)?;
             self.meta = meta;
         }
         Ok(())

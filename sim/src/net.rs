@@ -1,6 +1,6 @@
 //! The simulated network: connections between node pairs, packets in
-//! flight with latency, optional reordering, drops and duplicates, and
-//! directed partitions. Deterministic given its seed.
+//! flight with latency, optional reordering, drops and duplicates, an
+//! optional WAN bandwidth per link direction, and directed partitions. Deterministic given its seed.
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -17,6 +17,9 @@ pub struct NetConfig {
     pub drop_probability: f64,
     /// Probability a packet is delivered twice.
     pub duplicate_probability: f64,
+    /// A slow WAN: each direction of each link carries this many bytes per
+    /// second, so frames queue behind each other before their latency.
+    pub wan_bytes_per_s: Option<u64>,
 }
 
 impl Default for NetConfig {
@@ -27,6 +30,7 @@ impl Default for NetConfig {
             reorder: false,
             drop_probability: 0.0,
             duplicate_probability: 0.0,
+            wan_bytes_per_s: None,
         }
     }
 }
@@ -54,6 +58,9 @@ pub struct Network {
     seq: u64,
     /// Last delivery time per directed connection (for FIFO delivery).
     last_delivery: BTreeMap<(usize, usize), u64>,
+    /// With a WAN cap: when each direction finishes sending what it has
+    /// queued, in microseconds.
+    busy_until_us: BTreeMap<(usize, usize), u64>,
     pub packets_dropped: u64,
     pub packets_duplicated: u64,
 }
@@ -72,6 +79,7 @@ impl Network {
             queue: BTreeMap::new(),
             seq: 0,
             last_delivery: BTreeMap::new(),
+            busy_until_us: BTreeMap::new(),
             packets_dropped: 0,
             packets_duplicated: 0,
         }
@@ -154,9 +162,19 @@ impl Network {
         } else {
             1
         };
+        // On a capped link the frame leaves once the frames before it have.
+        let sent_ms = match self.cfg.wan_bytes_per_s {
+            Some(bw) if bw > 0 => {
+                let busy = self.busy_until_us.entry((from, to)).or_insert(0);
+                let start = (*busy).max(now_ms * 1000);
+                *busy = start + frame.len() as u64 * 1_000_000 / bw;
+                busy.div_ceil(1000)
+            }
+            _ => now_ms,
+        };
         for _ in 0..copies {
             let latency = rng.gen_range(self.cfg.latency_ms_min..=self.cfg.latency_ms_max);
-            let mut at = now_ms + latency;
+            let mut at = sent_ms + latency;
             if !self.cfg.reorder {
                 let last = self.last_delivery.entry((from, to)).or_insert(0);
                 at = at.max(*last);

@@ -85,6 +85,15 @@ impl SimStore {
         })
     }
 
+    /// Whether the log refuses writes after a failed write or sync (the
+    /// in-memory storage never fails).
+    pub fn failed(&self) -> bool {
+        match self {
+            SimStore::Mem(_) => false,
+            SimStore::Disk(d) => d.log.failure().is_some(),
+        }
+    }
+
     /// Number of retained log entries.
     pub fn retained(&self) -> usize {
         match self {

@@ -445,6 +445,12 @@ impl<V: Vfs + Clone> SegmentStorage<V> {
         &self.vfs
     }
 
+    /// The write or sync failure after which the log refuses every write,
+    /// if any (a driver whose sync failed sees it here too).
+    pub fn failure(&self) -> Option<&StorageError> {
+        self.failed.as_ref()
+    }
+
     fn check_failed(&self) -> Result<(), StorageError> {
         match &self.failed {
             Some(e) => Err(e.clone()),

@@ -42,7 +42,10 @@ pub struct Written {
     /// of node i, the others that held it durably then, plus the sources
     /// before but i. A wiped origin or relay may have been the only way
     /// some node could get it: a wiped origin whose one inbound link
-    /// filters its class out never gets its own write back, rightly.
+    /// filters its class out never gets its own write back, rightly. The
+    /// same holds for a crash or restart of the origin before the write was
+    /// durable there: the origin stops being a source (it gets the write
+    /// back only if a holder reaches it).
     pub sources: BTreeSet<usize>,
 }
 

@@ -63,6 +63,9 @@ pub struct Knobs {
     pub reorder: bool,
     pub drop_probability: f64,
     pub duplicate_probability: f64,
+    /// A WAN bandwidth on every link direction (bytes per second).
+    #[serde(default)]
+    pub wan_bytes_per_s: Option<u64>,
     pub store: StoreKnobs,
     pub batch_versions_max: usize,
     pub ack_timeout_ms: u64,
@@ -402,6 +405,7 @@ fn draw_knobs(rng: &mut ChaCha8Rng, swarm: bool) -> Knobs {
         reorder: rng.gen_bool(0.5),
         drop_probability: if lossy { rng.gen_range(0.0..0.08) } else { 0.0 },
         duplicate_probability: if lossy { rng.gen_range(0.0..0.08) } else { 0.0 },
+        wan_bytes_per_s: None,
         store,
         batch_versions_max: if swarm { rng.gen_range(1..=64) } else { 32 },
         ack_timeout_ms: rng.gen_range(300..3_000),

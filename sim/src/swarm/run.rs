@@ -57,6 +57,7 @@ fn build(plan: &Plan) -> Cluster {
         reorder: k.reorder,
         drop_probability: k.drop_probability,
         duplicate_probability: k.duplicate_probability,
+        wan_bytes_per_s: k.wan_bytes_per_s,
     };
     let policies = k.policies.clone();
     let nodes = k.nodes;
@@ -309,7 +310,24 @@ impl<'p> Runner<'p> {
     /// Before a restart: acknowledges what is durable, forgets the rest.
     fn forget_pending(&mut self, i: usize) {
         self.refresh_acked();
-        self.pending[i].clear();
+        self.lose_pending(i);
+    }
+
+    /// A crash or restart of node `i` may take away its writes not yet
+    /// durable there: they are never acknowledged, and node `i` stops being
+    /// a source of them. It may get them back only as any other node would,
+    /// along the links that carry their class from a node that still holds
+    /// them (the echo of lost ranges); a one-way link or a filter may leave
+    /// it none. If it kept them after all, it holds them, and they spread
+    /// from it as from any holder.
+    fn lose_pending(&mut self, i: usize) {
+        for (_, dots) in self.pending[i].drain(..) {
+            for d in dots {
+                if let Some(w) = self.model.written.get_mut(&d) {
+                    w.sources.remove(&i);
+                }
+            }
+        }
     }
 
     /// Marks writes acknowledged once durable at their origin.
@@ -360,7 +378,7 @@ impl<'p> Runner<'p> {
                         CrashMode::LoseUnsynced
                     };
                     self.c.crash_with(*node, mode);
-                    self.pending[*node].clear();
+                    self.lose_pending(*node);
                 }
             }
             Action::Restart { node } => {
@@ -555,19 +573,40 @@ impl<'p> Runner<'p> {
     }
 
     /// Nothing in flight, every continuous link caught up, and no version
-    /// waits for a blob that some node holds whole (a recording whose only
-    /// blob was on a wiped node waits forever, rightly).
+    /// waits for a blob that some node holds whole and can pass on to it
+    /// (a recording whose only blob was on a wiped node waits forever,
+    /// rightly). A node fetches a blob only from the peers it receives
+    /// from, so a holder counts only if the links that carry recordings
+    /// lead from it to the waiting node: a blob that survives only
+    /// downstream of a one-way link never comes back up it.
     fn quiet(&self) -> bool {
         let c = &self.c;
         if c.net.in_flight() != 0 || !c.pending().is_empty() {
             return false;
         }
         (0..c.len()).filter(|i| c.is_up(*i)).all(|i| {
-            c.node(i)
-                .staged_blobs()
-                .iter()
-                .all(|h| !(0..c.len()).any(|j| c.is_up(j) && c.node(j).has_blob(h)))
+            c.node(i).staged_blobs().iter().all(|h| {
+                !(0..c.len()).any(|j| {
+                    c.is_up(j)
+                        && c.node(j).has_blob(h)
+                        && self.model.reach([j], self.blob_class(h)).contains(&i)
+                })
+            })
         })
+    }
+
+    /// The class of the versions that name a blob (recordings).
+    fn blob_class(&self, hash: &[u8; 32]) -> usize {
+        let class = self
+            .model
+            .written
+            .values()
+            .find(|w| {
+                matches!(&w.version.body,
+                    recsync_engine::Body::Live { blob: Some(b), .. } if b.hash == *hash)
+            })
+            .map_or("recording", |w| w.version.labels.class.as_str());
+        CLASSES.iter().position(|c| *c == class).unwrap_or(0)
     }
 
     /// Everything back to normal, then run until replicated or the bound.
@@ -578,11 +617,13 @@ impl<'p> Runner<'p> {
             self.clear_disk_faults(i);
             if !self.c.is_up(i) {
                 self.c.restart(i);
-            } else if self.c.node(i).failure().is_some() {
+            } else if self.c.node(i).failure().is_some() || self.c.node(i).storage().failed() {
                 // A node whose disk failed is restarted, as an operator or
-                // a supervisor would.
+                // a supervisor would. The node may not know yet: a failed
+                // sync is seen by the driver that ran it (the node learns at
+                // its next write), and the log refuses writes from then on.
                 self.c.crash_with(i, CrashMode::LoseUnsynced);
-                self.pending[i].clear();
+                self.lose_pending(i);
                 self.c.restart(i);
             }
             if self.c.node(i).config().peers != self.original[i].peers {
