@@ -10,8 +10,9 @@ fn passes(seed: u64) {
     passes_in(seed, false);
 }
 
+/// Runs `seed` as drawn by plan generator 1 (the one that found these).
 fn passes_in(seed: u64, swarm: bool) {
-    let out = run(&Plan::generate(seed, swarm), false);
+    let out = run(&Plan::generate_with(seed, swarm, 1), false);
     assert!(
         out.failure.is_none(),
         "seed {seed}: {}",

@@ -6,7 +6,7 @@
 //! version should go (the configured links, their directions and filters).
 //! Each check names the first broken invariant with node, key and versions.
 
-use super::plan::{Knobs, CLASSES};
+use super::plan::{Knobs, CLASSES, GROUPS, TENANTS};
 use crate::cluster::{node_id, Cluster, SentBatch};
 use recsync_engine::{Dot, Event, Key, Version};
 use std::collections::{BTreeMap, BTreeSet};
@@ -55,9 +55,62 @@ pub struct Model {
     pub written: BTreeMap<Dot, Written>,
     /// The dots written per key.
     pub by_key: BTreeMap<Key, Vec<Dot>>,
-    /// Directed links: (from, to) -> class index never carried.
-    pub links: BTreeMap<(usize, usize), Option<u8>>,
+    /// Directed links and what each never carries.
+    pub links: BTreeMap<(usize, usize), LinkFilter>,
     pub nodes: usize,
+}
+
+/// Where a version may go: its class, tenant and group as indexes
+/// (`u8::MAX` for a name the workload does not filter on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub class: u8,
+    pub tenant: u8,
+    pub group: u8,
+}
+
+impl Route {
+    pub fn of(labels: &recsync_engine::Labels) -> Self {
+        let idx = |name: &str, prefix: &str| {
+            name.strip_prefix(prefix)
+                .and_then(|n| n.parse::<u8>().ok())
+                .unwrap_or(u8::MAX)
+        };
+        Route {
+            class: CLASSES
+                .iter()
+                .position(|c| *c == labels.class.as_str())
+                .map_or(u8::MAX, |i| i as u8),
+            tenant: idx(labels.tenant.as_str(), "t"),
+            group: idx(labels.group.as_str(), "g"),
+        }
+    }
+}
+
+/// What one link never carries (a class, a tenant, a group).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkFilter {
+    pub class: Option<u8>,
+    pub tenant: Option<u8>,
+    pub group: Option<u8>,
+}
+
+impl LinkFilter {
+    pub fn passes(&self, r: Route) -> bool {
+        self.class != Some(r.class) && self.tenant != Some(r.tenant) && self.group != Some(r.group)
+    }
+}
+
+/// The labels of a workload key: its class, tenant `t<key % 3>` and group
+/// `g<key / 3 % 3>`.
+pub fn labels_of(key: u32) -> recsync_engine::Labels {
+    let class = CLASSES[class_of(key)];
+    let tenant = format!("t{}", key % TENANTS as u32);
+    let group = format!("g{}", (key / TENANTS as u32) % GROUPS as u32);
+    match recsync_engine::Labels::parse(class, &tenant, &group) {
+        Ok(l) => l,
+        Err(e) => panic!("workload labels {class}/{tenant}/{group}: {e}"),
+    }
 }
 
 /// The class index of a key of the workload.
@@ -85,7 +138,16 @@ impl Model {
             links: knobs
                 .links
                 .iter()
-                .map(|l| ((l.from, l.to), l.exclude_class))
+                .map(|l| {
+                    (
+                        (l.from, l.to),
+                        LinkFilter {
+                            class: l.exclude_class,
+                            tenant: l.exclude_tenant,
+                            group: l.exclude_group,
+                        },
+                    )
+                })
                 .collect(),
             nodes: knobs.nodes,
         }
@@ -123,13 +185,13 @@ impl Model {
         Ok(())
     }
 
-    /// The nodes a version of class `class` held at `starts` must reach.
-    pub fn reach(&self, starts: impl IntoIterator<Item = usize>, class: usize) -> BTreeSet<usize> {
+    /// The nodes a version with labels `route` held at `starts` must reach.
+    pub fn reach(&self, starts: impl IntoIterator<Item = usize>, route: Route) -> BTreeSet<usize> {
         let mut seen: BTreeSet<usize> = starts.into_iter().collect();
         let mut todo: Vec<usize> = seen.iter().copied().collect();
         while let Some(a) = todo.pop() {
-            for (&(from, to), excl) in &self.links {
-                if from == a && *excl != Some(class as u8) && seen.insert(to) {
+            for (&(from, to), f) in &self.links {
+                if from == a && f.passes(route) && seen.insert(to) {
                     todo.push(to);
                 }
             }
@@ -137,11 +199,8 @@ impl Model {
         seen
     }
 
-    fn class_of_version(v: &Version) -> usize {
-        CLASSES
-            .iter()
-            .position(|c| *c == v.labels.class.as_str())
-            .unwrap_or(0)
+    fn class_of_version(v: &Version) -> Route {
+        Route::of(&v.labels)
     }
 
     /// The nodes a version must reach: from its sources and from every node
@@ -215,7 +274,7 @@ impl Model {
     /// Filters and directions: nothing crossed a link it must not.
     fn check_sent(&self, sent: &[SentBatch]) -> Result<(), Failure> {
         for b in sent {
-            let Some(excl) = self.links.get(&(b.from, b.to)) else {
+            let Some(filter) = self.links.get(&(b.from, b.to)) else {
                 return fail(
                     "directions respected",
                     format!(
@@ -225,15 +284,17 @@ impl Model {
                 );
             };
             for (key, dot, labels) in &b.versions {
-                if excl.is_some_and(|x| CLASSES[x as usize] == labels.class.as_str()) {
+                if !filter.passes(Route::of(labels)) {
                     return fail(
                         "filters respected",
                         format!(
-                            "node {} sent {} of key {} (class {}) to node {}, whose filter excludes it",
+                            "node {} sent {} of key {} ({}/{}/{}) to node {}, whose filter excludes it",
                             b.from,
                             short(dot),
                             key,
                             labels.class.as_str(),
+                            labels.tenant.as_str(),
+                            labels.group.as_str(),
                             b.to
                         ),
                     );

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 /// Classes of the simulated workload, with what they stand for.
 pub const CLASSES: &[&str] = &["user", "group", "setting", "recording", "log"];
+/// Tenants and groups of the workload's keys (`t0`.., `g0`..).
+pub const TENANTS: u8 = 3;
+pub const GROUPS: u8 = 3;
 
 /// How the nodes are linked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,13 +30,19 @@ pub enum Topology {
 pub struct LinkKnobs {
     pub from: usize,
     pub to: usize,
-    /// 0 continuous, 1 manual, 2 hourly window.
+    /// 0 continuous, 1 manual, 2 hourly window, 3 daily window.
     pub schedule: u8,
     pub linger_ms: u64,
     /// Minutes past the hour of an hourly window.
     pub window: (u32, u32),
     /// A class this link never carries.
     pub exclude_class: Option<u8>,
+    /// A tenant (`t<n>`) this link never carries.
+    #[serde(default)]
+    pub exclude_tenant: Option<u8>,
+    /// A group (`g<n>`) this link never carries.
+    #[serde(default)]
+    pub exclude_group: Option<u8>,
     pub bandwidth: Option<u64>,
 }
 
@@ -98,6 +107,10 @@ pub enum DiskFault {
     FailSyncs(u32),
     /// Capacity set to what is used now plus this many bytes.
     Full(u64),
+    /// The next reads return a flipped bit (checksums must catch it).
+    CorruptReads(u32),
+    /// The next reads fail short.
+    ShortReads(u32),
 }
 
 /// What happens at one step.
@@ -177,6 +190,14 @@ impl Action {
                 fault: DiskFault::Full(_),
                 ..
             } => "disk full",
+            Action::Disk {
+                fault: DiskFault::CorruptReads(_),
+                ..
+            } => "disk read corruption",
+            Action::Disk {
+                fault: DiskFault::ShortReads(_),
+                ..
+            } => "disk short read",
             Action::TogglePeer { .. } => "peer removed/added",
             _ => return None,
         })
@@ -299,7 +320,19 @@ impl Mix {
     }
 }
 
-fn links(rng: &mut ChaCha8Rng, n: usize, topology: Topology, swarm: bool) -> Vec<LinkKnobs> {
+/// Plan generators: seeds keep meaning what they meant when a bug was
+/// found (regression tests name the generator), new draws come with a new
+/// generator. 1: the first swarm; 2: tenant and group filters, daily
+/// windows, WAN caps, read faults and clock drift in swarm mode.
+pub const GENERATOR_LATEST: u8 = 2;
+
+fn links(
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    topology: Topology,
+    swarm: bool,
+    g2: bool,
+) -> Vec<LinkKnobs> {
     let mut pairs: Vec<(usize, usize)> = Vec::new();
     let two_way = |pairs: &mut Vec<(usize, usize)>, a: usize, b: usize| {
         pairs.push((a, b));
@@ -344,7 +377,7 @@ fn links(rng: &mut ChaCha8Rng, n: usize, topology: Topology, swarm: bool) -> Vec
         .into_iter()
         .map(|(from, to)| {
             let schedule = if rng.gen_bool(odd) {
-                rng.gen_range(1..=2)
+                rng.gen_range(1..=if g2 { 3 } else { 2 })
             } else {
                 0
             };
@@ -359,12 +392,14 @@ fn links(rng: &mut ChaCha8Rng, n: usize, topology: Topology, swarm: bool) -> Vec
                     .gen_bool(odd)
                     .then(|| rng.gen_range(0..CLASSES.len() as u8)),
                 bandwidth: rng.gen_bool(odd).then(|| rng.gen_range(20_000..2_000_000)),
+                exclude_tenant: (g2 && rng.gen_bool(odd)).then(|| rng.gen_range(0..TENANTS)),
+                exclude_group: (g2 && rng.gen_bool(odd)).then(|| rng.gen_range(0..GROUPS)),
             }
         })
         .collect()
 }
 
-fn draw_knobs(rng: &mut ChaCha8Rng, swarm: bool) -> Knobs {
+fn draw_knobs(rng: &mut ChaCha8Rng, swarm: bool, g2: bool) -> Knobs {
     let nodes = rng.gen_range(2..=5);
     let topology = match rng.gen_range(0..10) {
         0..=3 => Topology::Mesh,
@@ -374,7 +409,7 @@ fn draw_knobs(rng: &mut ChaCha8Rng, swarm: bool) -> Knobs {
         _ if swarm => Topology::OneWayChain,
         _ => Topology::Mesh,
     };
-    let links = links(rng, nodes, topology, swarm);
+    let links = links(rng, nodes, topology, swarm, g2);
     let store = match rng.gen_range(0..10) {
         0..=2 => StoreKnobs::MemImmediate,
         3..=4 => StoreKnobs::MemExplicit,
@@ -405,7 +440,7 @@ fn draw_knobs(rng: &mut ChaCha8Rng, swarm: bool) -> Knobs {
         reorder: rng.gen_bool(0.5),
         drop_probability: if lossy { rng.gen_range(0.0..0.08) } else { 0.0 },
         duplicate_probability: if lossy { rng.gen_range(0.0..0.08) } else { 0.0 },
-        wan_bytes_per_s: None,
+        wan_bytes_per_s: (g2 && rng.gen_bool(0.3)).then(|| rng.gen_range(50_000..5_000_000)),
         store,
         batch_versions_max: if swarm { rng.gen_range(1..=64) } else { 32 },
         ack_timeout_ms: rng.gen_range(300..3_000),
@@ -418,8 +453,14 @@ impl Plan {
     /// Draws a plan from a seed. `swarm` lets the seed choose the fault
     /// mix and the tuning knobs too.
     pub fn generate(seed: u64, swarm: bool) -> Plan {
+        Self::generate_with(seed, swarm, GENERATOR_LATEST)
+    }
+
+    /// Draws a plan with a given generator (see `GENERATOR_LATEST`).
+    pub fn generate_with(seed: u64, swarm: bool, generator: u8) -> Plan {
+        let g2 = swarm && generator >= 2;
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_5157);
-        let knobs = draw_knobs(&mut rng, swarm);
+        let knobs = draw_knobs(&mut rng, swarm, g2);
         let mix = if swarm {
             Mix::swarm(&mut rng)
         } else {
@@ -505,10 +546,12 @@ impl Plan {
             } else if take(mix.disk) {
                 Action::Disk {
                     node,
-                    fault: match rng.gen_range(0..3) {
+                    fault: match rng.gen_range(0..if g2 { 5 } else { 3 }) {
                         0 => DiskFault::FailWrites(rng.gen_range(1..3)),
                         1 => DiskFault::FailSyncs(1),
-                        _ => DiskFault::Full(rng.gen_range(0..200_000)),
+                        2 => DiskFault::Full(rng.gen_range(0..200_000)),
+                        3 => DiskFault::CorruptReads(rng.gen_range(1..4)),
+                        _ => DiskFault::ShortReads(rng.gen_range(1..4)),
                     },
                 }
             } else if take(mix.trim) {
@@ -529,6 +572,25 @@ impl Plan {
                 continue;
             }
             steps.push(Step { at_ms: t, action });
+        }
+        // Clock drift (swarm): a node's clock runs fast or slow, moved in
+        // small steps (a skew that grows with time).
+        if g2 {
+            for node in 0..n {
+                if rng.gen_bool(0.3) {
+                    let ppm: i64 = rng.gen_range(-20_000..20_000);
+                    let base: i64 = rng.gen_range(-5_000..5_000);
+                    let mut at = 0;
+                    while at < knobs.fault_phase_ms {
+                        let offset_ms = base + ppm * at as i64 / 1_000_000;
+                        steps.push(Step {
+                            at_ms: at,
+                            action: Action::Skew { node, offset_ms },
+                        });
+                        at += 2_000;
+                    }
+                }
+            }
         }
         steps.sort_by_key(|s| s.at_ms);
         Plan {

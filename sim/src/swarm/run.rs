@@ -3,9 +3,9 @@
 //! peers restored, everything synced) until the cluster has replicated
 //! everything or the liveness bound runs out; then the oracle.
 
-use super::oracle::{class_of, key_of, Failure, Model};
+use super::oracle::{key_of, labels_of, Failure, Model, Route};
 use super::plan::{Action, DiskFault, Op, Plan, StoreKnobs, CLASSES};
-use crate::cluster::{labels, put_req, Cluster, ClusterBuilder, EPOCH_MS};
+use crate::cluster::{put_req, Cluster, ClusterBuilder, EPOCH_MS};
 use crate::net::NetConfig;
 use recsync_engine::disk::{CrashMode, SimFaults};
 use recsync_engine::seglog::{Durability, LogOptions};
@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 /// How long after the heal everything must have replicated (covers an
 /// hourly window and a manual peer, synced every few seconds).
 pub const LIVENESS_BOUND_MS: u64 = 2 * 3_600_000;
+const DAY_MS: u64 = 24 * 3_600_000;
 
 /// What one run measured.
 #[derive(Clone, Debug, Default)]
@@ -83,14 +84,33 @@ fn build(plan: &Plan) -> Cluster {
                     linger_ms: l.linger_ms,
                 },
                 1 => Schedule::Manual,
-                _ => Schedule::Windows {
+                2 => Schedule::Windows {
                     windows: vec![Window::Hourly {
                         start_min: l.window.0,
                         end_min: l.window.1,
                     }],
                     utc_offset_min: 0,
                 },
+                // A nightly window, an hour and a half long, in a local
+                // time zone.
+                _ => Schedule::Windows {
+                    windows: vec![Window::Daily {
+                        start_min: 60 + l.window.0,
+                        end_min: 150 + l.window.0,
+                    }],
+                    utc_offset_min: 60,
+                },
             };
+            if let Some(t) = l.exclude_tenant {
+                if let Ok(name) = Name::new(&format!("t{t}")) {
+                    p.filter.exclude_tenants.insert(name);
+                }
+            }
+            if let Some(g) = l.exclude_group {
+                if let Ok(name) = Name::new(&format!("g{g}")) {
+                    p.filter.exclude_groups.insert(name);
+                }
+            }
             if let Some(x) = l.exclude_class {
                 if let Ok(name) = Name::new(CLASSES[x as usize]) {
                     p.filter.exclude_classes.insert(name);
@@ -409,6 +429,14 @@ impl<'p> Runner<'p> {
                                 capacity: Some(d.fs.used_bytes() + extra),
                                 ..Default::default()
                             },
+                            DiskFault::CorruptReads(k) => SimFaults {
+                                corrupt_reads: *k,
+                                ..Default::default()
+                            },
+                            DiskFault::ShortReads(k) => SimFaults {
+                                short_reads: *k,
+                                ..Default::default()
+                            },
                         };
                         d.fs.set_faults(faults);
                     }
@@ -533,7 +561,7 @@ impl<'p> Runner<'p> {
                 .get(&key)
                 .is_some_and(|o| o.siblings.iter().any(|v| !v.body.is_tombstone()));
             let meta = format!("{}/{i}/{}", self.plan.seed, self.writes);
-            let labels = labels(CLASSES[class_of(k)]);
+            let labels = labels_of(k);
             match op {
                 Op::Delete { .. } if live => write_ops.push(WriteOp::Delete(key)),
                 Op::Recording { len, .. } => {
@@ -595,18 +623,23 @@ impl<'p> Runner<'p> {
         })
     }
 
-    /// The class of the versions that name a blob (recordings).
-    fn blob_class(&self, hash: &[u8; 32]) -> usize {
-        let class = self
-            .model
+    /// Where the versions that name a blob (recordings) may go.
+    fn blob_class(&self, hash: &[u8; 32]) -> Route {
+        self.model
             .written
             .values()
             .find(|w| {
                 matches!(&w.version.body,
                     recsync_engine::Body::Live { blob: Some(b), .. } if b.hash == *hash)
             })
-            .map_or("recording", |w| w.version.labels.class.as_str());
-        CLASSES.iter().position(|c| *c == class).unwrap_or(0)
+            .map_or(
+                Route {
+                    class: 3,
+                    tenant: u8::MAX,
+                    group: u8::MAX,
+                },
+                |w| Route::of(&w.version.labels),
+            )
     }
 
     /// Everything back to normal, then run until replicated or the bound.
@@ -635,7 +668,10 @@ impl<'p> Runner<'p> {
         self.refresh_acked();
         self.watch_step();
         let healed_at = self.c.now_ms();
-        let deadline = healed_at + LIVENESS_BOUND_MS;
+        // A nightly window may be a day away.
+        let daily = self.plan.knobs.links.iter().any(|l| l.schedule == 3);
+        let bound = LIVENESS_BOUND_MS + if daily { DAY_MS } else { 0 };
+        let deadline = healed_at + bound;
         let mut round = 0u64;
         loop {
             for i in 0..self.c.len() {
@@ -665,10 +701,17 @@ impl<'p> Runner<'p> {
                     .unwrap_or_else(|| "the network never went quiet".into());
                 return Err(Failure {
                     invariant: "liveness (replicated within the bound after the heal)",
-                    detail: format!("after {} s: {what}", LIVENESS_BOUND_MS / 1000),
+                    detail: format!("after {} s: {what}", bound / 1000),
                 });
             }
-            self.c.run_for(1_000);
+            // Quiet network: only windows or retry timers are left to wait
+            // for; step a minute at a time.
+            let step = if self.c.net.in_flight() == 0 && round > 60 {
+                60_000
+            } else {
+                1_000
+            };
+            self.c.run_for(step);
             self.watch_step();
             round += 1;
         }
