@@ -94,3 +94,18 @@ fn swarm_seed_131_blob_only_downstream_of_a_one_way_chain() {
 fn swarm_seed_6_lost_own_write_behind_a_filter() {
     passes_in(6, true);
 }
+
+/// A recording staged for its blob on node 2, sent by node 3 which was then
+/// wiped: when the blob finally arrived, relaying skipped node 3 as the
+/// version's sender although node 3 was up again as a new incarnation,
+/// seeded with a snapshot that predated the version, so node 3 never got
+/// it. (Plan generator 2.)
+#[test]
+fn swarm_seed_9_staged_version_relayed_back_to_a_wiped_sender() {
+    let out = run(&Plan::generate_with(9, true, 2), false);
+    assert!(
+        out.failure.is_none(),
+        "seed 9: {}",
+        out.failure.map(|f| f.to_string()).unwrap_or_default()
+    );
+}

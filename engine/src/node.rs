@@ -204,8 +204,9 @@ pub struct Node<S: Storage> {
     /// `copies` counts for a recording, whose metadata alone is no copy.
     blob_holders: BTreeMap<[u8; 32], BTreeSet<NodeId>>,
     /// Versions waiting for their blob, by blob hash.
-    /// (Each with the peer it came from, which relaying must skip.)
-    staged: BTreeMap<[u8; 32], Vec<(NodeId, Version)>>,
+    /// (Each with the peer it came from and that peer's log then: relaying
+    /// skips the sender only while it is still that incarnation.)
+    staged: BTreeMap<[u8; 32], Vec<(NodeId, ReplicaId, Version)>>,
     /// Blobs being fetched for staged versions.
     fetches: BTreeMap<[u8; 32], Fetch>,
     /// The highest dot counter applied here, per replica.
@@ -344,9 +345,15 @@ impl<S: Storage> Node<S> {
 
     fn replay_entry(&mut self, entry: LogEntry) {
         let versions = entry.body.versions();
-        if let EntryBody::Remote { from, staged, .. } = &entry.body {
+        if let EntryBody::Remote {
+            from,
+            staged,
+            cursor,
+            ..
+        } = &entry.body
+        {
             for v in staged {
-                self.stage(*from, v.clone());
+                self.stage(*from, cursor.replica, v.clone());
             }
         }
         if let EntryBody::BlobReady { hash, .. } = &entry.body {
@@ -354,7 +361,7 @@ impl<S: Storage> Node<S> {
             // staged for the same blob (from other peers) wait for theirs,
             // or are applied after the replay since the blob is here.
             if let Some(waiting) = self.staged.get_mut(hash) {
-                waiting.retain(|(_, w)| !versions.iter().any(|v| v.dot == w.dot));
+                waiting.retain(|(_, _, w)| !versions.iter().any(|v| v.dot == w.dot));
                 if waiting.is_empty() {
                     self.staged.remove(hash);
                     self.fetches.remove(hash);
@@ -1137,7 +1144,7 @@ impl<S: Storage> Node<S> {
         // Staged versions fetch their blobs; one already here whole (an
         // empty blob, say) applies now, in an entry after this batch's.
         for v in staged {
-            if let Some(hash) = self.stage(peer, v) {
+            if let Some(hash) = self.stage(peer, b.next.replica, v) {
                 self.send_want(hash, true);
             }
         }
@@ -1829,13 +1836,13 @@ impl<S: Storage> Node<S> {
             Body::Live { blob: Some(b), .. } => self
                 .staged
                 .get(&b.hash)
-                .is_some_and(|s| s.iter().any(|(_, x)| x.dot == v.dot)),
+                .is_some_and(|s| s.iter().any(|(_, _, x)| x.dot == v.dot)),
             _ => false,
         }
     }
 
     /// Stages a version for its blob; returns the hash if a fetch started.
-    fn stage(&mut self, from: NodeId, v: Version) -> Option<[u8; 32]> {
+    fn stage(&mut self, from: NodeId, from_log: ReplicaId, v: Version) -> Option<[u8; 32]> {
         let Body::Live { blob: Some(b), .. } = &v.body else {
             unreachable!("only versions with blobs are staged")
         };
@@ -1843,7 +1850,10 @@ impl<S: Storage> Node<S> {
         if self.is_staged(&v) {
             return None;
         }
-        self.staged.entry(hash).or_default().push((from, v));
+        self.staged
+            .entry(hash)
+            .or_default()
+            .push((from, from_log, v));
         if self.fetches.contains_key(&hash) {
             return None;
         }
@@ -2103,7 +2113,7 @@ impl<S: Storage> Node<S> {
     fn drop_unneeded_fetch(&mut self, hash: [u8; 32]) {
         let durable = self.storage.durable_lsn();
         let needed = self.staged.get(&hash).is_some_and(|waiting| {
-            waiting.iter().any(|(_, v)| {
+            waiting.iter().any(|(_, _, v)| {
                 !self.keys.get(&v.key).is_some_and(|s| {
                     s.has_seen(&v.dot) && s.siblings.iter().all(|x| x.lsn <= durable)
                 })
@@ -2157,15 +2167,21 @@ impl<S: Storage> Node<S> {
         }
         self.blobs_complete.insert(hash);
         // One entry per peer the versions came from, so relaying skips
-        // exactly each version's own sender.
-        let mut by_source: BTreeMap<NodeId, Vec<Version>> = BTreeMap::new();
-        for (from, v) in self.staged.remove(&hash).unwrap_or_default() {
+        // exactly each version's own sender, unless the sender is now up
+        // as another incarnation (wiped or rolled back since it sent them):
+        // that one may not hold them, and the snapshot it was seeded with
+        // predates them (they were staged, not applied).
+        let mut by_source: BTreeMap<(NodeId, bool), Vec<Version>> = BTreeMap::new();
+        for (from, from_log, v) in self.staged.remove(&hash).unwrap_or_default() {
             if !self.keys.get(&v.key).is_some_and(|s| s.has_seen(&v.dot)) {
-                by_source.entry(from).or_default().push(v);
+                let restarted = self.peers.get(&from).is_some_and(
+                    |p| matches!(p.link, Link::Up { remote_log, .. } if remote_log != from_log),
+                );
+                by_source.entry((from, restarted)).or_default().push(v);
             }
         }
         self.fetches.remove(&hash);
-        for (from, versions) in by_source {
+        for ((from, restarted), versions) in by_source {
             let body = EntryBody::BlobReady {
                 from,
                 hash,
@@ -2175,7 +2191,8 @@ impl<S: Storage> Node<S> {
             let EntryBody::BlobReady { versions, .. } = body else {
                 unreachable!()
             };
-            self.push_backlogs(lsn, &versions, Some(from), self.now_ms);
+            let skip = (!restarted).then_some(from);
+            self.push_backlogs(lsn, &versions, skip, self.now_ms);
             self.apply_remote(from, versions, lsn);
         }
         Ok(())

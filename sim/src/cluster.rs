@@ -17,6 +17,9 @@ use recsync_engine::{
     Output, PeerConfig, PutRequest, Schedule, WriteError, WriteOp, WriteReceipt,
 };
 
+/// More packets in flight than this is a runaway (see `run_until`).
+const RUNAWAY_PACKETS: usize = 200_000;
+
 /// Where simulated time starts: 2026-01-01T00:00:00Z.
 pub const EPOCH_MS: u64 = 1_767_225_600_000;
 /// Classes every harness node knows.
@@ -591,7 +594,11 @@ impl Cluster {
                     let to = index_of(peer);
                     self.trace.update(&self.now_ms.to_le_bytes());
                     self.trace.update(&[i as u8, to as u8]);
-                    self.trace.update(&frame);
+                    self.trace.update(&(frame.len() as u64).to_le_bytes());
+                    // Big frames are blob chunks, named by their first bytes
+                    // (hash and offset); hashing their audio too would cost
+                    // more than the rest of the simulation.
+                    self.trace.update(&frame[..frame.len().min(4096)]);
                     self.bytes_sent += frame.len() as u64;
                     if self.trace_lines.is_some() {
                         let what = match decode_frame(&frame, FRAME_PAYLOAD_LEN_MAX) {
@@ -713,6 +720,15 @@ impl Cluster {
         let mut same_time_steps = 0u32;
         let mut last = self.now_ms;
         while self.step(until_ms) {
+            // Traffic that multiplies (a retry storm) would exhaust memory
+            // before any bound on time: that is a failure of its own.
+            if self.net.in_flight() > RUNAWAY_PACKETS {
+                panic!(
+                    "runaway traffic: {} packets in flight at {} ms",
+                    self.net.in_flight(),
+                    self.now_ms
+                );
+            }
             if self.now_ms == last {
                 same_time_steps += 1;
                 if same_time_steps >= 100_000 {

@@ -21,6 +21,11 @@ Usage:
   recsync-sim --replay FILE [--trace]        run a plan written by --shrink
   recsync-sim --seed N [--swarm] --shrink    cut a failing run down to a
                                              minimal plan and write it to a file
+  recsync-sim ... --generator G              draw plans with generator G (1 default;
+                                             2 adds tenant/group filters, daily
+                                             windows, WAN caps, read faults and
+                                             clock drift; 3 adds the
+                                             divergent-writes table)
   recsync-sim --canary list                  the planted bugs (feature canary)
   recsync-sim --canary NAME ...              run with one planted bug active
 
@@ -33,6 +38,7 @@ struct Args {
     trace: bool,
     shrink: bool,
     first_failure: bool,
+    generator: u8,
     replay: Option<String>,
     canary: Option<String>,
 }
@@ -44,6 +50,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         trace: false,
         shrink: false,
         first_failure: false,
+        generator: swarm::plan::GENERATOR_DEFAULT,
         replay: None,
         canary: None,
     };
@@ -76,6 +83,17 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--trace" => a.trace = true,
             "--shrink" => a.shrink = true,
             "--first-failure" => a.first_failure = true,
+            "--generator" => {
+                let v = value("--generator")?;
+                a.generator = v
+                    .parse()
+                    .ok()
+                    .filter(|g| (1..=swarm::plan::GENERATOR_LATEST).contains(g))
+                    .ok_or(format!(
+                        "--generator {v:?}: 1 to {}",
+                        swarm::plan::GENERATOR_LATEST
+                    ))?;
+            }
             "--replay" => a.replay = Some(value("--replay")?),
             "--canary" => a.canary = Some(value("--canary")?),
             "-h" | "--help" | "help" => return Err(String::new()),
@@ -90,9 +108,15 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn replay_line(seed: u64, a: &Args) -> String {
-    let mut s = format!("recsync-sim --seed {seed}");
+    let mut s = match &a.replay {
+        Some(file) => format!("recsync-sim --replay {file}"),
+        None => format!("recsync-sim --seed {seed}"),
+    };
     if a.swarm {
         s.push_str(" --swarm");
+    }
+    if a.generator != swarm::plan::GENERATOR_DEFAULT {
+        s.push_str(&format!(" --generator {}", a.generator));
     }
     if let Some(c) = &a.canary {
         s.push_str(&format!(" --canary {c}"));
@@ -145,7 +169,7 @@ fn main() -> ExitCode {
         return shrink(lo, &a);
     }
     if hi == lo + 1 {
-        return one(&Plan::generate(lo, a.swarm), &a);
+        return one(&Plan::generate_with(lo, a.swarm, a.generator), &a);
     }
     range(lo, hi, &a)
 }
@@ -183,9 +207,16 @@ fn range(lo: u64, hi: u64, a: &Args) -> ExitCode {
     let mut failed = Vec::new();
     let mut range_hash = blake3::Hasher::new();
     let mut seeds_run = 0u64;
+    // 5-node runs: simulated ms, real s, count.
+    let mut five = (0u64, 0f64, 0u64);
     for (done, seed) in (lo..hi).enumerate() {
-        let plan = Plan::generate(seed, a.swarm);
+        let plan = Plan::generate_with(seed, a.swarm, a.generator);
         let out = swarm::run(&plan, false);
+        if plan.knobs.nodes == 5 {
+            five.0 += out.stats.fault_phase_ms;
+            five.1 += out.stats.fault_phase_real_s;
+            five.2 += 1;
+        }
         range_hash.update(&out.trace_hash);
         for (k, v) in &out.stats.faults {
             *faults.entry(k).or_default() += v;
@@ -248,6 +279,15 @@ fn range(lo: u64, hi: u64, a: &Args) -> ExitCode {
         sim_ms as f64 / 1000.0 / real.max(1e-9),
         seeds_run as f64 * 60.0 / real.max(1e-9)
     );
+    if five.2 > 0 {
+        println!(
+            "5-node fault phases ({} runs, ~100 writes/s with faults): {:.0} simulated s in {:.1} s real ({:.0}x)",
+            five.2,
+            five.0 as f64 / 1000.0,
+            five.1,
+            five.0 as f64 / 1000.0 / five.1.max(1e-9)
+        );
+    }
     println!(
         "trace hash of the range: {}",
         hex(range_hash.finalize().as_bytes())
@@ -260,7 +300,7 @@ fn range(lo: u64, hi: u64, a: &Args) -> ExitCode {
 }
 
 fn shrink(seed: u64, a: &Args) -> ExitCode {
-    let plan = Plan::generate(seed, a.swarm);
+    let plan = Plan::generate_with(seed, a.swarm, a.generator);
     match swarm::shrink::shrink(&plan, |line| eprintln!("{line}")) {
         None => {
             println!("seed {seed} passes: nothing to shrink");
