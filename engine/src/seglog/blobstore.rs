@@ -10,6 +10,7 @@
 //! caught like a flipped bit. A torn last chunk (a crash mid-append) is cut
 //! on open; a bad chunk anywhere is an error on read, naming blob and offset.
 
+use super::io_err;
 use crate::disk::{Vfs, VfsFile};
 use crate::storage::{BlobId, StorageError};
 use std::cell::RefCell;
@@ -169,17 +170,6 @@ pub struct BlobStore<V: Vfs> {
     open: RefCell<BTreeMap<BlobId, OpenBlob<V::File>>>,
     dirty: BTreeSet<BlobId>,
     dir_dirty: bool,
-}
-
-fn io_err(op: &'static str, e: io::Error) -> StorageError {
-    if e.kind() == io::ErrorKind::StorageFull {
-        StorageError::Full { op }
-    } else {
-        StorageError::Io {
-            op,
-            detail: e.to_string(),
-        }
-    }
 }
 
 impl<V: Vfs> BlobStore<V> {
