@@ -35,12 +35,26 @@ fi
 echo "--> planted bugs (feature canary; separate target directory)"
 CARGO_TARGET_DIR="$target/canary" cargo build --release --quiet -p recsync-sim --features canary
 canary_sim="$target/canary/release/recsync-sim"
+# A canary counts as caught only at a seed that passes without it.
+lo="${canary_seeds%..*}"
+hi="${canary_seeds#*..}"
 for name in $("$canary_sim" --canary list); do
-    out="$("$canary_sim" --canary "$name" --seeds "$canary_seeds" --swarm --first-failure || true)"
-    caught="$(echo "$out" | grep '^first failure after' || true)"
+    start="$lo"
+    caught=""
+    while [[ "$start" -lt "$hi" ]]; do
+        out="$("$canary_sim" --canary "$name" --seeds "$start..$hi" --swarm --first-failure || true)"
+        seed="$(echo "$out" | grep -m1 -oE '^seed [0-9]+ FAILED' | grep -oE '[0-9]+' || true)"
+        [[ -z "$seed" ]] && break
+        if "$sim" --seed "$seed" --swarm >/dev/null; then
+            caught="seed $seed ($((seed - lo + 1)) seeds): $(echo "$out" | grep -m1 'FAILED' | cut -c1-150)"
+            break
+        fi
+        echo "    ($name: seed $seed fails without the canary too; looking further)"
+        start=$((seed + 1))
+    done
     if [[ -z "$caught" ]]; then
         echo "canary $name was NOT caught in seeds $canary_seeds" >&2
         exit 1
     fi
-    echo "    $name: caught, $caught; $(echo "$out" | grep -m1 'FAILED' | cut -c1-160)"
+    echo "    $name: caught at $caught"
 done

@@ -7,10 +7,8 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Canary {
-    /// Acknowledges a batch before its log entry is durable.
-    AckBeforeDurable = 1,
     /// A relay does not forward deletes it received.
-    TombstoneNotRelayed,
+    TombstoneNotRelayed = 2,
     /// A relay forwards what it received without applying the link filter.
     FilterNotAppliedOnRelay,
     /// On resume the sender drops one more entry than acknowledged.
@@ -22,11 +20,16 @@ pub enum Canary {
     RecordingAppliedBeforeBlob,
     /// A restart keeps the dot origin and counts on from what the log kept.
     DotOriginReused,
+    /// A conflict that the policy settled is not reported to the application.
+    SettledConflictNotReported,
 }
 
 /// Every canary with its command-line name.
 pub const ALL: &[(Canary, &str)] = &[
-    (Canary::AckBeforeDurable, "ack-before-durable"),
+    (
+        Canary::SettledConflictNotReported,
+        "settled-conflict-not-reported",
+    ),
     (Canary::TombstoneNotRelayed, "tombstone-not-relayed"),
     (
         Canary::FilterNotAppliedOnRelay,

@@ -1220,11 +1220,7 @@ impl<S: Storage> Node<S> {
     }
 
     fn release_gated(&mut self) {
-        let durable = if canary::on(Canary::AckBeforeDurable) {
-            Lsn::MAX
-        } else {
-            self.storage.durable_lsn()
-        };
+        let durable = self.storage.durable_lsn();
         while self.gated.front().is_some_and(|g| g.lsn <= durable) {
             let Some(g) = self.gated.pop_front() else {
                 break;
@@ -1433,7 +1429,11 @@ impl<S: Storage> Node<S> {
             );
             self.push_event(Event::RemoteApplied { from, key, dot });
             if let ApplyOutcome::Conflict(report) = outcome {
-                self.push_event(Event::Conflict(report));
+                // Planted: a conflict a policy settled by itself goes
+                // unreported (the application never learns it lost a write).
+                if !(report.winner.is_some() && canary::on(Canary::SettledConflictNotReported)) {
+                    self.push_event(Event::Conflict(report));
+                }
             }
         }
     }
