@@ -258,15 +258,26 @@ fn acceptance_storage_torn_tail_every_offset() {
 
 // ---------------------------------------------------------------- bit flips
 
-#[test]
-fn acceptance_storage_corruption_is_located() {
+/// A periodic log on the real disk in a fresh directory, with entries
+/// `(tag, 1..=n)` appended (not synced).
+fn real_log(
+    segment_size: u64,
+    tag: u64,
+    n: u64,
+) -> (tempfile::TempDir, RealFs, SegmentStorage<RealFs>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let fs = RealFs::new(dir.path());
     let mut s =
-        SegmentStorage::open(fs.clone(), opts(Durability::Periodic, 4 << 10)).expect("open");
-    for i in 1..=600 {
-        s.append(&body(1, i)).expect("append");
+        SegmentStorage::open(fs.clone(), opts(Durability::Periodic, segment_size)).expect("open");
+    for i in 1..=n {
+        s.append(&body(tag, i)).expect("append");
     }
+    (dir, fs, s)
+}
+
+#[test]
+fn acceptance_storage_corruption_is_located() {
+    let (dir, fs, mut s) = real_log(4 << 10, 1, 600);
     s.sync().expect("sync");
     drop(s);
     let inspection = check::inspect(&fs, "dir").expect("inspect");
@@ -377,13 +388,7 @@ fn acceptance_storage_corruption_tool_rejects_bad_paths() {
 
 #[test]
 fn acceptance_storage_truncate_under_map_errors_not_sigbus() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fs = RealFs::new(dir.path());
-    let mut s =
-        SegmentStorage::open(fs.clone(), opts(Durability::Periodic, 16 << 10)).expect("open");
-    for i in 1..=500 {
-        s.append(&body(2, i)).expect("append");
-    }
+    let (dir, fs, mut s) = real_log(16 << 10, 2, 500);
     let blob = [3u8; 32];
     s.blob_append(&blob, 0, &vec![5u8; 1 << 20]).expect("blob");
     s.sync().expect("sync");
