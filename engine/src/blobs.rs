@@ -25,6 +25,9 @@ pub struct Fetch {
     pub deadline_ms: u64,
     /// Whole copies that failed verification (backs the retries off).
     pub failures: u32,
+    /// Deadlines passed in a row with nothing arriving (backs the asks
+    /// off: the source may be busy serving others over a slow link).
+    pub stalls: u32,
     /// The last restart asked after a gap: (from offset, at time). One per
     /// offset per ack timeout, or every chunk of a window in flight past a
     /// gap would restart the sender again, and each restart resends the

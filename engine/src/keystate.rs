@@ -66,6 +66,14 @@ pub enum ApplyOutcome {
     Conflict(ConflictReport),
 }
 
+/// What absorbing one version did (`ApplyOutcome` without the report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Absorbed {
+    Ignored,
+    Applied,
+    Concurrent,
+}
+
 /// The visible outcome of a key's frontier under a policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Visible<'a> {
@@ -81,18 +89,13 @@ impl KeyState {
         self.seen.covers(dot)
     }
 
-    /// Applies one version (local or remote). `policy_for` maps a version to
-    /// the conflict policy of its class.
-    pub fn apply<'p>(
-        &mut self,
-        version: Version,
-        lsn: Lsn,
-        policy_for: impl Fn(&Version) -> &'p ConflictPolicy,
-    ) -> ApplyOutcome {
+    /// Applies a version without building a conflict report (a replay,
+    /// where reports went out long ago): the state changes exactly as with
+    /// `apply`.
+    pub fn absorb(&mut self, version: Version, lsn: Lsn) -> Absorbed {
         if self.seen.covers(&version.dot) {
-            return ApplyOutcome::Ignored;
+            return Absorbed::Ignored;
         }
-        let arrived = version.dot;
         self.seen.join(&version.context);
         self.seen.add(&version.dot);
         self.siblings.retain(|s| !version.supersedes(&s.version));
@@ -105,8 +108,26 @@ impl KeyState {
             Err(pos) => pos,
         };
         self.siblings.insert(pos, Sibling { version, lsn });
-        if !concurrent {
-            return ApplyOutcome::Applied;
+        if concurrent {
+            Absorbed::Concurrent
+        } else {
+            Absorbed::Applied
+        }
+    }
+
+    /// Applies one version (local or remote). `policy_for` maps a version to
+    /// the conflict policy of its class.
+    pub fn apply<'p>(
+        &mut self,
+        version: Version,
+        lsn: Lsn,
+        policy_for: impl Fn(&Version) -> &'p ConflictPolicy,
+    ) -> ApplyOutcome {
+        let arrived = version.dot;
+        match self.absorb(version, lsn) {
+            Absorbed::Ignored => return ApplyOutcome::Ignored,
+            Absorbed::Applied => return ApplyOutcome::Applied,
+            Absorbed::Concurrent => {}
         }
         let (winner, resolution) = self.settle(policy_for);
         ApplyOutcome::Conflict(ConflictReport {

@@ -19,6 +19,7 @@ pub mod node;
 pub mod peer;
 pub mod policy;
 pub mod record;
+pub mod rto;
 pub mod schedule;
 pub mod seglog;
 pub mod storage;

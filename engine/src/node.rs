@@ -28,7 +28,7 @@ use crate::event::{Event, SessionEnd};
 use crate::hlc::{Hlc, HlcClock};
 use crate::ids::{ClusterId, Dot, Key, Lsn, NodeId, ReplicaId};
 use crate::keystate::{ApplyOutcome, KeyState};
-use crate::peer::{backoff_ms, BacklogItem, Inflight, Link, Outbound, Peer, PeerStatus};
+use crate::peer::{backoff_ms, BacklogItem, Link, Outbound, Peer, PeerStatus};
 use crate::policy::{ConflictPolicy, Resolution};
 use crate::record::{BlobRef, Body, Labels, Version};
 use crate::schedule::Schedule;
@@ -104,8 +104,21 @@ pub enum WriteError {
     NotFound { key: Key },
     #[error("blob: {blob:?} is not stored here whole (upload it first)")]
     BlobMissing { blob: BlobRef },
+    /// Storage failed before anything was written: the write did not
+    /// happen.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// Storage failed while the write's log entry was being written or
+    /// synced: its outcome is unknown. The node has stopped (fail-stop);
+    /// after a restart the write may be there or not, and if it is, it
+    /// replicates like any other. `versions` are what it would hold.
+    #[error(
+        "storage failed before the write was confirmed (it may be there after a restart): {error}"
+    )]
+    Unconfirmed {
+        versions: Vec<Version>,
+        error: StorageError,
+    },
     #[error("the node's storage failed earlier; it no longer accepts writes")]
     Failed,
 }
@@ -197,6 +210,10 @@ pub struct Node<S: Storage> {
     rng: ChaCha8Rng,
     now_ms: u64,
     next_trim_ms: u64,
+    /// Log entries trimming has to look at: every entry appended or
+    /// replayed until it is seen standing, and every entry whose version
+    /// was superseded since. Trimming never rescans the whole log.
+    trim_candidates: BTreeSet<Lsn>,
     failed: Option<StorageError>,
     /// Blobs held whole and verified.
     blobs_complete: BTreeSet<[u8; 32]>,
@@ -292,6 +309,7 @@ impl<S: Storage> Node<S> {
             rng,
             now_ms,
             next_trim_ms,
+            trim_candidates: BTreeSet::new(),
             failed: None,
             blobs_complete: BTreeSet::new(),
             blob_holders: BTreeMap::new(),
@@ -368,18 +386,6 @@ impl<S: Storage> Node<S> {
                 }
             }
         }
-        for v in versions {
-            if let Body::Live { blob: Some(b), .. } = &v.body {
-                self.blobs_complete.insert(b.hash);
-            }
-            self.hlc.observe(v.hlc);
-            note_max(&mut self.replica_max, &v.dot);
-            let cfg = &self.cfg;
-            self.keys
-                .entry(v.key)
-                .or_default()
-                .apply(v.clone(), entry.lsn, |v| policy_of(cfg, v));
-        }
         if let EntryBody::Remote { from, cursor, .. } = &entry.body {
             if let Some(p) = self.peers.get_mut(from) {
                 p.recv_applied = Some(*cursor);
@@ -389,6 +395,17 @@ impl<S: Storage> Node<S> {
         }
         let at = versions.iter().map(|v| v.hlc.wall_ms).max().unwrap_or(0);
         self.push_backlogs(entry.lsn, versions, entry.body.source(), at);
+        self.trim_candidates.insert(entry.lsn);
+        // The state the entry left: no reports (they went out when it was
+        // first applied), and the versions move out of the entry.
+        for v in entry.body.into_versions() {
+            if let Body::Live { blob: Some(b), .. } = &v.body {
+                self.blobs_complete.insert(b.hash);
+            }
+            self.hlc.observe(v.hlc);
+            note_max(&mut self.replica_max, &v.dot);
+            self.keys.entry(v.key).or_default().absorb(v, entry.lsn);
+        }
     }
 
     // ----- queries -------------------------------------------------------
@@ -555,7 +572,15 @@ impl<S: Storage> Node<S> {
         self.reserve_counters(ops.len() as u64)?;
         let versions: Vec<Version> = ops.into_iter().map(|op| self.new_version(op)).collect();
         let body = EntryBody::Local { versions };
-        let lsn = self.append(&body)?;
+        let lsn = match self.append(&body) {
+            Ok(lsn) => lsn,
+            Err(error) => {
+                let EntryBody::Local { versions } = body else {
+                    unreachable!()
+                };
+                return Err(WriteError::Unconfirmed { versions, error });
+            }
+        };
         let EntryBody::Local { versions } = body else {
             unreachable!()
         };
@@ -1012,10 +1037,7 @@ impl<S: Storage> Node<S> {
         let rebuild_from = p.backlog.front().map(|b| b.lsn).unwrap_or(last + 1);
         let rebuild = needed_after + 1 < rebuild_from && needed_after < acked_lsn;
         p.acked = Some(start);
-        p.out = Some(Outbound {
-            sent: start,
-            inflight: VecDeque::new(),
-        });
+        p.out = Some(Outbound::new(start));
         if rebuild {
             self.rebuild_backlog(peer, needed_after)
                 .map_err(SessionError::Storage)?;
@@ -1174,7 +1196,12 @@ impl<S: Storage> Node<S> {
             return;
         }
         if let Some(i) = out.inflight.iter().position(|f| f.next == a.cursor) {
+            let acked = out.inflight[i];
             out.inflight.drain(..=i);
+            if acked.first {
+                p.rto.sample(now.saturating_sub(acked.sent_at_ms));
+            }
+            p.rto.progress();
             p.acked = Some(a.cursor);
             p.last_success_ms = Some(now);
             p.pop_acked(&a.cursor);
@@ -1184,15 +1211,14 @@ impl<S: Storage> Node<S> {
             // differently before a go-back): nothing in flight can apply
             // there. Take the position as acknowledged and go back to it,
             // once per position and ack timeout (see `last_go_back`).
-            let timeout = self.cfg.timing.ack_timeout_ms;
+            let timeout = p.rto.timeout_ms(self.cfg.timing.ack_timeout_ms);
             if p.last_go_back
                 .is_some_and(|(c, at)| c == a.cursor && now < at + timeout)
             {
                 return;
             }
             p.last_go_back = Some((a.cursor, now));
-            out.sent = a.cursor;
-            out.inflight.clear();
+            out.go_back(a.cursor);
             p.stats.resends += 1;
             if p.acked != Some(a.cursor) {
                 p.acked = Some(a.cursor);
@@ -1261,14 +1287,15 @@ impl<S: Storage> Node<S> {
                 }
                 _ => {}
             }
+            let rto = p.rto.timeout_ms(ack_timeout);
             if let (Some(out), Some(acked)) = (p.out.as_mut(), p.acked) {
                 if out
                     .inflight
                     .front()
-                    .is_some_and(|f| f.sent_at_ms + ack_timeout <= now)
+                    .is_some_and(|f| f.sent_at_ms + rto <= now)
                 {
-                    out.sent = acked;
-                    out.inflight.clear();
+                    out.go_back(acked);
+                    p.rto.backed_off();
                     p.stats.resends += 1;
                 }
             }
@@ -1307,20 +1334,18 @@ impl<S: Storage> Node<S> {
             if let Some(since) = p.partial_since_ms {
                 t = t.min(since + ack_timeout);
             }
+            let rto = p.rto.timeout_ms(ack_timeout);
             if let Some(f) = p.out.as_ref().and_then(|o| o.inflight.front()) {
-                t = t.min(f.sent_at_ms + ack_timeout);
+                t = t.min(f.sent_at_ms + rto);
             }
             if let Some(w) = self.send_wake(p) {
                 t = t.min(w);
             }
             for s in p.serving.values().filter(|s| s.sent > s.acked) {
-                t = t.min(s.last_progress_ms + ack_timeout);
+                t = t.min(s.last_progress_ms + rto);
             }
             let window = BLOB_WINDOW_CHUNKS * BLOB_CHUNK_BYTES as u64;
-            let blob_work = p
-                .serving
-                .values()
-                .any(|s| s.sent < s.len && s.sent < s.acked + window);
+            let blob_work = p.next_blob_chunk(window).is_some();
             if let (true, true, Some(b)) = (blob_work, p.is_up() && !p.paused, &p.bucket) {
                 t = t.min(b.ready_at_ms());
             }
@@ -1390,7 +1415,10 @@ impl<S: Storage> Node<S> {
 
     fn append(&mut self, body: &EntryBody) -> Result<Lsn, StorageError> {
         match self.storage.append(body) {
-            Ok(lsn) => Ok(lsn),
+            Ok(lsn) => {
+                self.trim_candidates.insert(lsn);
+                Ok(lsn)
+            }
             Err(e) => {
                 self.fail(e.clone());
                 Err(e)
@@ -1409,10 +1437,16 @@ impl<S: Storage> Node<S> {
     fn apply_version(&mut self, v: Version, lsn: Lsn) -> ApplyOutcome {
         note_max(&mut self.replica_max, &v.dot);
         let cfg = &self.cfg;
-        self.keys
-            .entry(v.key)
-            .or_default()
-            .apply(v, lsn, |v| policy_of(cfg, v))
+        let st = self.keys.entry(v.key).or_default();
+        let before: Vec<Lsn> = st.siblings.iter().map(|s| s.lsn).collect();
+        let outcome = st.apply(v, lsn, |v| policy_of(cfg, v));
+        // The entries of superseded versions may be releasable now.
+        for old in before {
+            if !st.siblings.iter().any(|s| s.lsn == old) {
+                self.trim_candidates.insert(old);
+            }
+        }
+        outcome
     }
 
     /// Applies versions received from `from` (logged at `lsn`, all unseen
@@ -1581,11 +1615,7 @@ impl<S: Storage> Node<S> {
             p.stats.versions_sent += batch.versions.len() as u64;
             p.stats.bytes_sent += frame.len() as u64;
             if let Some(out) = p.out.as_mut() {
-                out.sent = batch.next;
-                out.inflight.push_back(Inflight {
-                    next: batch.next,
-                    sent_at_ms: now,
-                });
+                out.push_sent(batch.next, now);
             }
             self.outputs.push_back(Output::Transmit { peer, frame });
         }
@@ -1712,43 +1742,83 @@ impl<S: Storage> Node<S> {
             .unwrap_or(Lsn::MAX);
         let keep_cursor: BTreeSet<Lsn> = self.peers.values().map(|p| p.recv_cursor_lsn).collect();
         self.persist_peer_acked()?;
+        let durable = self.storage.durable_lsn();
+        let upto = limit.min(durable.saturating_add(1));
+        #[cfg(debug_assertions)]
+        self.check_trim_candidates(upto)?;
+        let candidates: Vec<Lsn> = self.trim_candidates.range(..upto).copied().collect();
         let mut released = 0;
-        let mut from = self.storage.first_retained_lsn();
-        loop {
-            let chunk = self.storage.scan(from, 4096)?;
-            let Some(last) = chunk.last() else { break };
-            from = last.lsn + 1;
-            for e in chunk {
-                if e.lsn >= limit || e.lsn > self.storage.durable_lsn() {
-                    return Ok(released);
+        for lsn in candidates {
+            let Some(entry) = self.storage.read(lsn)? else {
+                self.trim_candidates.remove(&lsn);
+                continue;
+            };
+            let versions = entry.body.versions();
+            let stands = |v: &Version| {
+                if v.body.is_tombstone() && canary::on(Canary::TrimDropsLiveTombstone) {
+                    return false;
                 }
-                let durable = self.storage.durable_lsn();
-                // Kept while a version stands, or while what superseded it is
-                // not yet durable (a crash could still take that away).
-                let standing = e.body.versions().iter().any(|v| {
-                    if v.body.is_tombstone() && canary::on(Canary::TrimDropsLiveTombstone) {
-                        return false;
-                    }
-                    self.keys.get(&v.key).is_some_and(|s| {
-                        s.siblings
-                            .iter()
-                            .any(|s| s.version.dot == v.dot || s.lsn > durable)
-                    })
-                });
-                let waiting = match &e.body {
-                    EntryBody::Remote { staged, .. } => staged.iter().any(|v| self.is_staged(v)),
-                    _ => false,
-                };
-                if !standing && !waiting && !keep_cursor.contains(&e.lsn) {
-                    if let Err(e) = self.storage.release(e.lsn) {
-                        self.fail(e.clone());
-                        return Err(e);
-                    }
-                    released += 1;
-                }
+                self.keys
+                    .get(&v.key)
+                    .is_some_and(|s| s.siblings.iter().any(|s| s.version.dot == v.dot))
+            };
+            if versions.iter().any(stands) {
+                // Looked at again once a version of it is superseded.
+                self.trim_candidates.remove(&lsn);
+                continue;
             }
+            // Kept while what superseded a version is not yet durable (a
+            // crash could still take that away), while a staged version
+            // waits for its blob, or while it holds a peer's resume cursor.
+            let superseder_volatile = versions.iter().any(|v| {
+                self.keys
+                    .get(&v.key)
+                    .is_some_and(|s| s.siblings.iter().any(|s| s.lsn > durable))
+            });
+            let waiting = match &entry.body {
+                EntryBody::Remote { staged, .. } => staged.iter().any(|v| self.is_staged(v)),
+                _ => false,
+            };
+            if superseder_volatile || waiting || keep_cursor.contains(&lsn) {
+                continue;
+            }
+            if let Err(e) = self.storage.release(lsn) {
+                self.fail(e.clone());
+                return Err(e);
+            }
+            self.trim_candidates.remove(&lsn);
+            released += 1;
         }
         Ok(released)
+    }
+
+    /// Debug check of the candidates' invariant: every retained entry
+    /// below `upto` none of whose versions stands is a candidate (else
+    /// trimming would keep it for good).
+    #[cfg(debug_assertions)]
+    fn check_trim_candidates(&self, upto: Lsn) -> Result<(), StorageError> {
+        let mut missed = None;
+        self.storage
+            .visit(self.storage.first_retained_lsn(), &mut |lsn, body| {
+                if lsn >= upto {
+                    return false;
+                }
+                let stands = body.versions().iter().any(|v| {
+                    self.keys
+                        .get(&v.key)
+                        .is_some_and(|s| s.siblings.iter().any(|s| s.version.dot == v.dot))
+                });
+                if !stands && !self.trim_candidates.contains(&lsn) {
+                    missed = Some(lsn);
+                    return false;
+                }
+                true
+            })?;
+        debug_assert!(
+            missed.is_none(),
+            "entry {missed:?} stands no more but is no trim candidate"
+        );
+        Ok(())
     }
 
     // ----- blobs ---------------------------------------------------------
@@ -1864,6 +1934,7 @@ impl<S: Storage> Node<S> {
                 source: from,
                 deadline_ms: self.now_ms + self.cfg.timing.ack_timeout_ms,
                 failures: 0,
+                stalls: 0,
                 restart_asked: None,
             },
         );
@@ -1939,6 +2010,9 @@ impl<S: Storage> Node<S> {
             s.sent = w.offset;
         }
         if w.offset >= s.acked {
+            if w.offset > s.acked {
+                p.rto.progress();
+            }
             s.acked = w.offset;
             s.last_progress_ms = now;
         }
@@ -1967,12 +2041,7 @@ impl<S: Storage> Node<S> {
                     return Ok(());
                 }
             }
-            let next = p
-                .serving
-                .iter()
-                .find(|(_, s)| s.sent < s.len && s.sent < s.acked + window)
-                .map(|(h, s)| (*h, s.sent, s.len));
-            let Some((hash, offset, total_len)) = next else {
+            let Some((hash, offset, total_len)) = p.next_blob_chunk(window) else {
                 return Ok(());
             };
             let data = self.storage.blob_read(&hash, offset, BLOB_CHUNK_BYTES)?;
@@ -2056,6 +2125,7 @@ impl<S: Storage> Node<S> {
         let len = match self.fetches.get_mut(&c.hash) {
             Some(f) => {
                 f.deadline_ms = now + timeout;
+                f.stalls = 0;
                 f.len
             }
             None => return Ok(()),
@@ -2234,20 +2304,44 @@ impl<S: Storage> Node<S> {
             } else {
                 self.next_blob_source(source)
             };
+            let base = self
+                .peers
+                .get(&source)
+                .map_or(timeout, |p| p.rto.timeout_ms(timeout));
             if let Some(f) = self.fetches.get_mut(&hash) {
-                f.deadline_ms = now + (timeout << f.failures.min(8));
+                f.stalls = f.stalls.saturating_add(1);
+                let doublings = f.failures.saturating_add(f.stalls).min(8);
+                f.deadline_ms = now.saturating_add(base.saturating_mul(1 << doublings));
                 if let Some(next) = next {
                     f.source = next;
                 }
             }
+            let whole = self
+                .fetches
+                .get(&hash)
+                .is_some_and(|f| self.storage.blob_len(&hash) >= f.len);
+            if whole {
+                // Every byte is here but the check did not finish (a read
+                // failed while hashing): check again rather than ask the
+                // source, which has nothing more to send. A failure waits
+                // for the next deadline.
+                let _retried_at_the_next_deadline = self.blob_arrived(hash);
+                continue;
+            }
             self.send_want(hash, true);
         }
         for p in self.peers.values_mut() {
+            let rto = p.rto.timeout_ms(timeout);
+            let mut stalled = false;
             for s in p.serving.values_mut() {
-                if s.sent > s.acked && s.last_progress_ms + timeout <= now {
+                if s.sent > s.acked && s.last_progress_ms + rto <= now {
                     s.sent = s.acked;
                     s.last_progress_ms = now;
+                    stalled = true;
                 }
+            }
+            if stalled {
+                p.rto.backed_off();
             }
         }
     }

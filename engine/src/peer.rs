@@ -5,6 +5,7 @@
 use crate::blobs::Serve;
 use crate::config::PeerConfig;
 use crate::ids::{Lsn, ReplicaId};
+use crate::rto::Rto;
 use crate::wire::{Cursor, FrameDecoder, Position};
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
@@ -41,6 +42,9 @@ pub struct BacklogItem {
 pub struct Inflight {
     pub next: Cursor,
     pub sent_at_ms: u64,
+    /// No batch ending at `next` was sent before in this session, so its
+    /// acknowledgement times a round trip (Karn's rule).
+    pub first: bool,
 }
 
 /// The stream of our log to the peer, while a session is up.
@@ -49,6 +53,54 @@ pub struct Outbound {
     /// Where the last batch sent leaves the receiver.
     pub sent: Cursor,
     pub inflight: VecDeque<Inflight>,
+    /// After a go-back: the furthest position sent before it. Batches up
+    /// to here are resends.
+    pub resend_upto: Option<Cursor>,
+}
+
+impl Outbound {
+    pub fn new(start: Cursor) -> Self {
+        Self {
+            sent: start,
+            inflight: VecDeque::new(),
+            resend_upto: None,
+        }
+    }
+
+    /// Sends again from `to`: what was in flight is forgotten.
+    pub fn go_back(&mut self, to: Cursor) {
+        if self.resend_upto.is_none() {
+            self.resend_upto = Some(self.sent);
+        }
+        self.sent = to;
+        self.inflight.clear();
+    }
+
+    /// Records a batch sent up to `next`; tells whether it went out for the
+    /// first time.
+    pub fn push_sent(&mut self, next: Cursor, now_ms: u64) -> bool {
+        use std::cmp::Ordering::Greater;
+        let first = match self.resend_upto {
+            None => true,
+            Some(h) => {
+                let beyond = h.replica == next.replica
+                    && matches!(next.pos.partial_order(&h.pos), Some(Greater));
+                let comparable =
+                    h.replica == next.replica && next.pos.partial_order(&h.pos).is_some();
+                if beyond || !comparable {
+                    self.resend_upto = None;
+                }
+                beyond
+            }
+        };
+        self.sent = next;
+        self.inflight.push_back(Inflight {
+            next,
+            sent_at_ms: now_ms,
+            first,
+        });
+        first
+    }
 }
 
 /// A token bucket over bytes per second (1 s burst). Goes into debt for a
@@ -137,6 +189,8 @@ pub struct Peer {
     pub echo_range: Vec<(ReplicaId, u64, u64)>,
     /// Blobs being served to the peer, by hash.
     pub serving: BTreeMap<[u8; 32], Serve>,
+    /// The link's round trip and retransmission timeout.
+    pub rto: Rto,
     /// Counters, for status and tests.
     pub stats: PeerStats,
 }
@@ -170,6 +224,24 @@ pub struct PeerStatus {
 }
 
 impl Peer {
+    /// The blob to send a chunk of next, if any may go: the bytes in flight
+    /// to this peer, over all blobs, stay within `window`, so a backlog of
+    /// recordings queues here, not on the link.
+    pub fn next_blob_chunk(&self, window: u64) -> Option<([u8; 32], u64, u64)> {
+        let in_flight: u64 = self
+            .serving
+            .values()
+            .map(|s| s.sent.saturating_sub(s.acked))
+            .sum();
+        if in_flight >= window {
+            return None;
+        }
+        self.serving
+            .iter()
+            .find(|(_, s)| s.sent < s.len)
+            .map(|(h, s)| (*h, s.sent, s.len))
+    }
+
     pub fn new(cfg: PeerConfig, frame_payload_len_max: u32, now_ms: u64) -> Self {
         let bucket = cfg
             .bandwidth_bytes_per_s
@@ -196,6 +268,7 @@ impl Peer {
             recv_cursor_lsn: 0,
             echo_range: Vec::new(),
             serving: BTreeMap::new(),
+            rto: Rto::default(),
             stats: PeerStats::default(),
         }
     }

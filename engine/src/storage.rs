@@ -74,6 +74,15 @@ impl EntryBody {
         }
     }
 
+    /// The versions the entry holds, moved out.
+    pub fn into_versions(self) -> Vec<Version> {
+        match self {
+            EntryBody::Local { versions }
+            | EntryBody::Remote { versions, .. }
+            | EntryBody::BlobReady { versions, .. } => versions,
+        }
+    }
+
     /// The peer the entry's versions came from (none for local writes).
     pub fn source(&self) -> Option<NodeId> {
         match self {
@@ -124,6 +133,28 @@ pub trait Storage {
     fn read(&self, lsn: Lsn) -> Result<Option<LogEntry>, StorageError>;
     /// The retained entries with `lsn >= from`, in order, at most `limit`.
     fn scan(&self, from: Lsn, limit: usize) -> Result<Vec<LogEntry>, StorageError>;
+    /// Calls `f` on the retained entries with `lsn >= from`, in order,
+    /// until it returns `false`. Reads without copying where the storage
+    /// can (the default goes through `scan`).
+    fn visit(
+        &self,
+        from: Lsn,
+        f: &mut dyn FnMut(Lsn, &EntryBody) -> bool,
+    ) -> Result<(), StorageError> {
+        let mut from = from;
+        loop {
+            let chunk = self.scan(from, 4096)?;
+            let Some(last) = chunk.last() else {
+                return Ok(());
+            };
+            from = last.lsn + 1;
+            for e in &chunk {
+                if !f(e.lsn, &e.body) {
+                    return Ok(());
+                }
+            }
+        }
+    }
     /// The core no longer needs this entry.
     fn release(&mut self, lsn: Lsn) -> Result<(), StorageError>;
     /// The lowest retained LSN (`last_lsn() + 1` when none is retained).
@@ -260,6 +291,19 @@ impl Storage for MemStorage {
                 body: body.clone(),
             })
             .collect())
+    }
+
+    fn visit(
+        &self,
+        from: Lsn,
+        f: &mut dyn FnMut(Lsn, &EntryBody) -> bool,
+    ) -> Result<(), StorageError> {
+        for (lsn, body) in self.entries.range(from..) {
+            if !f(*lsn, body) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn release(&mut self, lsn: Lsn) -> Result<(), StorageError> {

@@ -579,10 +579,9 @@ impl Cluster {
                 events.push(e);
             }
             for e in events {
-                let line = format!("n{i} event {e:?}");
-                self.trace.update(line.as_bytes());
+                hash_event(&mut self.trace, i, &e);
                 if self.trace_lines.is_some() {
-                    let l = format!("{:>10} {line}", self.now_ms - EPOCH_MS);
+                    let l = format!("{:>10} n{i} event {e:?}", self.now_ms - EPOCH_MS);
                     self.trace_line(l);
                 }
                 self.nodes[i].events.push(e);
@@ -921,5 +920,39 @@ pub fn labels(class: &str) -> Labels {
     match Labels::parse(class, "default", "default") {
         Ok(l) => l,
         Err(e) => panic!("bad class name {class:?}: {e}"),
+    }
+}
+
+/// Feeds an event of node `i` to the trace hash: the frequent kinds by
+/// their identifying fields (formatting every conflict's versions cost more
+/// than the rest of a run), the rare ones as they print.
+fn hash_event(h: &mut blake3::Hasher, i: usize, e: &Event) {
+    let dot = |h: &mut blake3::Hasher, d: &recsync_engine::Dot| {
+        h.update(d.replica.0.as_bytes());
+        h.update(&d.counter.to_le_bytes());
+    };
+    h.update(&[i as u8]);
+    match e {
+        Event::RemoteApplied { from, key, dot: d } => {
+            h.update(b"applied");
+            h.update(from.0.as_bytes());
+            h.update(key.0.as_bytes());
+            dot(h, d);
+        }
+        Event::Conflict(r) => {
+            h.update(b"conflict");
+            h.update(r.key.0.as_bytes());
+            dot(h, &r.arrived);
+            for v in &r.versions {
+                dot(h, &v.dot);
+            }
+            if let Some(w) = &r.winner {
+                dot(h, w);
+            }
+            h.update(format!("{:?}", r.resolution).as_bytes());
+        }
+        other => {
+            h.update(format!("{other:?}").as_bytes());
+        }
     }
 }

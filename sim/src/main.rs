@@ -8,6 +8,16 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// `println!` that ends the program quietly when stdout is gone (`| head`)
+/// instead of panicking.
+macro_rules! println {
+    ($($t:tt)*) => {{
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(141);
+        }
+    }};
+}
+
 const USAGE: &str = "\
 recsync-sim: deterministic simulation of recsync clusters
 

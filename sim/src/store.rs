@@ -170,6 +170,13 @@ impl Storage for SimStore {
     fn scan(&self, from: Lsn, limit: usize) -> Result<Vec<LogEntry>, StorageError> {
         self.inner().scan(from, limit)
     }
+    fn visit(
+        &self,
+        from: Lsn,
+        f: &mut dyn FnMut(Lsn, &EntryBody) -> bool,
+    ) -> Result<(), StorageError> {
+        self.inner().visit(from, f)
+    }
     fn release(&mut self, lsn: Lsn) -> Result<(), StorageError> {
         self.inner_mut().release(lsn)
     }

@@ -60,6 +60,9 @@ struct State {
     files: BTreeMap<u64, FileData>,
     names: BTreeMap<PathBuf, u64>,
     durable_names: BTreeMap<PathBuf, u64>,
+    /// Files that lost a name since the last directory sync: gone for good
+    /// at the next one if no name reaches them then.
+    unlinked: Vec<u64>,
     dirs: BTreeMap<PathBuf, ()>,
     next_ino: u64,
     /// Bumped by every crash; handles from before a crash stop working.
@@ -221,6 +224,7 @@ impl SimFs {
         st.stats.crashes += 1;
         st.generation += 1;
         st.names = st.durable_names.clone();
+        st.unlinked.clear();
         let live: std::collections::BTreeSet<u64> = st.names.values().copied().collect();
         st.files.retain(|ino, _| live.contains(ino));
         for (ino, f) in st.files.iter_mut() {
@@ -475,13 +479,16 @@ impl Vfs for SimFs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = self.lock()?;
         let ino = st.names.remove(from).ok_or_else(|| not_found(from))?;
-        st.names.insert(to.to_path_buf(), ino);
+        if let Some(replaced) = st.names.insert(to.to_path_buf(), ino) {
+            st.unlinked.push(replaced);
+        }
         Ok(())
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut st = self.lock()?;
-        st.names.remove(path).ok_or_else(|| not_found(path))?;
+        let ino = st.names.remove(path).ok_or_else(|| not_found(path))?;
+        st.unlinked.push(ino);
         Ok(())
     }
 
@@ -492,22 +499,34 @@ impl Vfs for SimFs {
             return Err(injected("directory fsync"));
         }
         st.stats.dir_syncs += 1;
-        let current: Vec<(PathBuf, u64)> = st
-            .names
-            .iter()
-            .filter(|(p, _)| parent_of(p) == dir)
-            .map(|(p, i)| (p.clone(), *i))
-            .collect();
-        st.durable_names.retain(|p, _| parent_of(p) != dir);
-        st.durable_names.extend(current);
+        // The names in `dir` are one range of each map (paths order by
+        // component), so a sync costs what the directory holds, not what
+        // the file system holds.
+        let in_dir = |m: &BTreeMap<PathBuf, u64>| -> Vec<(PathBuf, u64)> {
+            m.range::<Path, _>((std::ops::Bound::Excluded(dir), std::ops::Bound::Unbounded))
+                .take_while(|(p, _)| p.starts_with(dir))
+                .filter(|(p, _)| p.parent() == Some(dir))
+                .map(|(p, i)| (p.clone(), *i))
+                .collect()
+        };
+        let current = in_dir(&st.names);
+        let before = in_dir(&st.durable_names);
+        for (p, _) in &before {
+            st.durable_names.remove(p);
+        }
+        st.durable_names.extend(current.iter().cloned());
         // Files no name reaches any more are gone for good.
-        let live: std::collections::BTreeSet<u64> = st
-            .names
-            .values()
-            .chain(st.durable_names.values())
-            .copied()
-            .collect();
-        st.files.retain(|ino, _| live.contains(ino));
+        let mut dropped: Vec<u64> = std::mem::take(&mut st.unlinked);
+        dropped.extend(before.into_iter().map(|(_, ino)| ino));
+        dropped.sort_unstable();
+        dropped.dedup();
+        for ino in dropped {
+            let reached = st.names.values().any(|i| *i == ino)
+                || st.durable_names.values().any(|i| *i == ino);
+            if !reached {
+                st.files.remove(&ino);
+            }
+        }
         Ok(())
     }
 }

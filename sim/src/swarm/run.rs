@@ -11,7 +11,7 @@ use recsync_engine::disk::{CrashMode, SimFaults};
 use recsync_engine::seglog::{Durability, LogOptions};
 use recsync_engine::{
     ConflictPolicy, Dot, Event, Key, Lsn, Name, NodeConfig, Schedule, Storage, VersionVector,
-    Window, WriteOp,
+    Window, WriteError, WriteOp,
 };
 use std::collections::BTreeMap;
 
@@ -94,6 +94,14 @@ fn build(plan: &Plan) -> Cluster {
                         end_min: l.window.1,
                     }],
                     utc_offset_min: 0,
+                },
+                // Two hours one night a week, in a local time zone.
+                4 => Schedule::Windows {
+                    windows: vec![Window::Weekly {
+                        start_min: (l.window.0 % 7) * 1440 + 60 + l.window.0,
+                        end_min: (l.window.0 % 7) * 1440 + 180 + l.window.0,
+                    }],
+                    utc_offset_min: -300,
                 },
                 // A nightly window, an hour and a half long, in a local
                 // time zone.
@@ -594,8 +602,24 @@ impl<'p> Runner<'p> {
             keys.push(key);
         }
         self.writes += 1;
-        let Ok(receipt) = self.c.try_write(i, write_ops) else {
-            return Ok(()); // refused (a failed disk): nothing was written
+        let receipt = match self.c.try_write(i, write_ops) {
+            Ok(r) => r,
+            // The disk failed under the entry: it may or may not survive
+            // the restart. Recorded as written but never durable at its
+            // origin, so the origin is no source of it; if it survives, it
+            // spreads from whoever holds it like any other.
+            Err(WriteError::Unconfirmed { versions, .. }) => {
+                let now = self.c.now_ms() - EPOCH_MS;
+                for v in versions {
+                    let dot = v.dot;
+                    self.model.record(i, v, now)?;
+                    if let Some(w) = self.model.written.get_mut(&dot) {
+                        w.sources.remove(&i);
+                    }
+                }
+                return Ok(());
+            }
+            Err(_) => return Ok(()), // refused (a failed disk): nothing was written
         };
         let now = self.c.now_ms() - EPOCH_MS;
         for (key, dot) in keys.iter().zip(&receipt.dots) {
@@ -681,9 +705,23 @@ impl<'p> Runner<'p> {
         self.refresh_acked();
         self.watch_step();
         let healed_at = self.c.now_ms();
-        // A nightly window may be a day away.
-        let daily = self.plan.knobs.links.iter().any(|l| l.schedule == 3);
-        let bound = LIVENESS_BOUND_MS + if daily { DAY_MS } else { 0 };
+        // A write may wait for the next window of every windowed link on
+        // its way (a weekly window may just have closed when it arrives,
+        // and it may then wait for the next link's): at most one period of
+        // each windowed link.
+        let bound = LIVENESS_BOUND_MS
+            + self
+                .plan
+                .knobs
+                .links
+                .iter()
+                .map(|l| match l.schedule {
+                    2 => DAY_MS / 24,
+                    3 => DAY_MS,
+                    4 => 7 * DAY_MS,
+                    _ => 0,
+                })
+                .sum::<u64>();
         let deadline = healed_at + bound;
         let mut round = 0u64;
         loop {
