@@ -319,33 +319,7 @@ impl<S: Storage> Node<S> {
             lost_own_counters: Vec::new(),
         };
         node.replay()?;
-        // A new dot origin for this incarnation; the previous one's dots
-        // above what the log kept may have left before a crash lost them.
-        let previous = node.meta.replica;
-        let kept = node.replica_max.get(&previous).copied().unwrap_or(0);
-        let mut meta = node.meta.clone();
-        if meta.counters_reserved > kept {
-            meta.lost_ranges
-                .push((previous, kept, meta.counters_reserved));
-            let excess = meta.lost_ranges.len().saturating_sub(LOST_RANGES_MAX);
-            meta.lost_ranges.drain(..excess);
-        }
-        node.lost_own_counters = meta.lost_ranges.clone();
-        let fresh = ReplicaId(uuid::Builder::from_random_bytes(node.rng.gen()).into_uuid());
-        if canary::on(Canary::DotOriginReused) {
-            meta.lost_ranges.retain(|r| r.0 != previous);
-            node.lost_own_counters = meta.lost_ranges.clone();
-            meta.counters_reserved = kept;
-            node.storage.store_meta(&meta)?;
-            node.meta = meta;
-            node.counter = kept;
-        } else {
-            meta.replica = fresh;
-            meta.counters_reserved = 0;
-            node.storage.store_meta(&meta)?;
-            node.meta = meta;
-            node.counter = 0;
-        }
+        node.new_dot_origin()?;
         // Entries peers may have seen and a crash lost: never reuse their
         // positions.
         if node.storage.last_lsn() < node.meta.lsns_reserved {
@@ -353,6 +327,37 @@ impl<S: Storage> Node<S> {
         }
         node.finish_present_fetches()?;
         Ok(node)
+    }
+
+    /// Starts a new dot origin for this incarnation: the previous one's
+    /// dots above what the log kept may have left before a crash lost them.
+    fn new_dot_origin(&mut self) -> Result<(), StorageError> {
+        let previous = self.meta.replica;
+        let kept = self.replica_max.get(&previous).copied().unwrap_or(0);
+        let mut meta = self.meta.clone();
+        if meta.counters_reserved > kept {
+            meta.lost_ranges
+                .push((previous, kept, meta.counters_reserved));
+            let excess = meta.lost_ranges.len().saturating_sub(LOST_RANGES_MAX);
+            meta.lost_ranges.drain(..excess);
+        }
+        self.lost_own_counters = meta.lost_ranges.clone();
+        let fresh = ReplicaId(uuid::Builder::from_random_bytes(self.rng.gen()).into_uuid());
+        if canary::on(Canary::DotOriginReused) {
+            meta.lost_ranges.retain(|r| r.0 != previous);
+            self.lost_own_counters = meta.lost_ranges.clone();
+            meta.counters_reserved = kept;
+            self.storage.store_meta(&meta)?;
+            self.meta = meta;
+            self.counter = kept;
+        } else {
+            meta.replica = fresh;
+            meta.counters_reserved = 0;
+            self.storage.store_meta(&meta)?;
+            self.meta = meta;
+            self.counter = 0;
+        }
+        Ok(())
     }
 
     /// Rebuilds keys, cursors and backlogs from the retained log.
@@ -967,6 +972,7 @@ impl<S: Storage> Node<S> {
             return Err(SessionError::UnknownPeer(peer));
         };
         p.echo_range = h.lost_own_counters;
+        p.reseed_owed = reseed;
         if let (true, Some(resume)) = (p.cfg.send, h.receive) {
             self.start_outbound(peer, if reseed { None } else { resume })?;
         }
@@ -1202,6 +1208,10 @@ impl<S: Storage> Node<S> {
                 p.rto.sample(now.saturating_sub(acked.sent_at_ms));
             }
             p.rto.progress();
+            if matches!(a.cursor.pos, Position::Log { .. }) {
+                // Past the end of any snapshot this stream started with.
+                p.reseed_owed = false;
+            }
             p.acked = Some(a.cursor);
             p.last_success_ms = Some(now);
             p.pop_acked(&a.cursor);
@@ -1225,7 +1235,7 @@ impl<S: Storage> Node<S> {
                 p.last_success_ms = Some(now);
                 p.pop_acked(&a.cursor);
             }
-        } else if !stale(p.acked, &a.cursor) {
+        } else if !stale(p.acked, &a.cursor) && !p.reseed_owed {
             // The receiver durably stands somewhere this stream cannot
             // continue from (it restarted a snapshot, or we did): its
             // position is the truth; resume from there.
@@ -1769,16 +1779,18 @@ impl<S: Storage> Node<S> {
             }
             // Kept while what superseded a version is not yet durable (a
             // crash could still take that away), while a staged version
-            // waits for its blob, or while it holds a peer's resume cursor.
-            let superseder_volatile = versions.iter().any(|v| {
+            // waits for its blob or the entry that applied it is not yet
+            // durable (the same), or while it holds a peer's resume cursor.
+            let staged: &[Version] = match &entry.body {
+                EntryBody::Remote { staged, .. } => staged,
+                _ => &[],
+            };
+            let superseder_volatile = versions.iter().chain(staged).any(|v| {
                 self.keys
                     .get(&v.key)
                     .is_some_and(|s| s.siblings.iter().any(|s| s.lsn > durable))
             });
-            let waiting = match &entry.body {
-                EntryBody::Remote { staged, .. } => staged.iter().any(|v| self.is_staged(v)),
-                _ => false,
-            };
+            let waiting = staged.iter().any(|v| self.is_staged(v));
             if superseder_volatile || waiting || keep_cursor.contains(&lsn) {
                 continue;
             }

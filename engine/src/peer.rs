@@ -187,6 +187,11 @@ pub struct Peer {
     /// The peer's own dot counters it may have lost in a crash (from its
     /// Hello): its own versions in this range are sent back to it.
     pub echo_range: Vec<(ReplicaId, u64, u64)>,
+    /// We hold versions in the peer's `echo_range` and owe it a snapshot
+    /// that gives them back: until that snapshot is acknowledged, the
+    /// peer's own position in our log does not replace it (those versions
+    /// lie behind that position).
+    pub reseed_owed: bool,
     /// Blobs being served to the peer, by hash.
     pub serving: BTreeMap<[u8; 32], Serve>,
     /// The link's round trip and retransmission timeout.
@@ -267,6 +272,7 @@ impl Peer {
             recv_applied: None,
             recv_cursor_lsn: 0,
             echo_range: Vec::new(),
+            reseed_owed: false,
             serving: BTreeMap::new(),
             rto: Rto::default(),
             stats: PeerStats::default(),

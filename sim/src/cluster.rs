@@ -249,7 +249,12 @@ impl Cluster {
 
     fn trace_line(&mut self, l: String) {
         if self.trace_stream {
-            println!("{l}");
+            use std::io::Write;
+            // A reader that went away (`| head`) ends the stream, not the run.
+            if writeln!(std::io::stdout().lock(), "{l}").is_err() {
+                self.trace_stream = false;
+                self.trace_lines = None;
+            }
         } else if let Some(t) = self.trace_lines.as_mut() {
             t.push(l);
         }
@@ -894,6 +899,24 @@ fn message_summary(m: &Message) -> String {
             c.data.len()
         ),
         Message::BlobMissing { hash } => format!("blob missing {:02x}{:02x}", hash[0], hash[1]),
+        Message::Hello(h) => {
+            let short = |r: &recsync_engine::ReplicaId| r.0.to_string()[..8].to_string();
+            format!(
+                "hello: replica {} log {} receive from {} lost {}",
+                short(&h.replica),
+                short(&h.log_id),
+                match &h.receive {
+                    None => "-".to_string(),
+                    Some(None) => "the start".to_string(),
+                    Some(Some(c)) => format!("{}/{:?}", short(&c.replica), c.pos),
+                },
+                h.lost_own_counters
+                    .iter()
+                    .map(|(r, lo, hi)| format!("{}({lo},{hi}]", short(r)))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        }
         other => {
             let s = format!("{other:?}");
             s.chars().take(160).collect()

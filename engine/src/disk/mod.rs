@@ -52,6 +52,14 @@ pub trait VfsFile: Clone + Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes the file's data durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
+    /// Grows the file to `len` bytes with every block allocated and
+    /// written (zeros), so that later writes in place change data only and
+    /// their fdatasync has no new block allocation to commit to the file
+    /// system's journal (PostgreSQL's `wal_init_zero`). The default just
+    /// sets the length, which reads the same.
+    fn preallocate(&self, len: u64) -> io::Result<()> {
+        self.set_len(len)
+    }
 
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {

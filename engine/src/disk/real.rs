@@ -107,6 +107,23 @@ impl VfsFile for RealFile {
     fn sync_data(&self) -> io::Result<()> {
         self.0.file.sync_data()
     }
+
+    fn preallocate(&self, len: u64) -> io::Result<()> {
+        self.set_len(len)?;
+        // Zeros written, not a hole or an unwritten extent: a sync after a
+        // write in place then commits no new allocation (an 8 KiB group
+        // commit took ~200 us to sync on a sparse file, ~130 us on a
+        // written one).
+        const CHUNK: u64 = 1 << 20;
+        let zeros = vec![0u8; CHUNK as usize];
+        let mut at = 0;
+        while at < len {
+            let n = CHUNK.min(len - at);
+            self.0.file.write_all_at(&zeros[..n as usize], at)?;
+            at += n;
+        }
+        Ok(())
+    }
 }
 
 impl Vfs for RealFs {

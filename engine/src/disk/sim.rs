@@ -9,7 +9,7 @@
 //! (disk full), and bit flips. Syncs, writes and bytes are counted.
 
 use super::{parent_of, short_file, Vfs, VfsFile};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -63,6 +63,8 @@ struct State {
     /// Files that lost a name since the last directory sync: gone for good
     /// at the next one if no name reaches them then.
     unlinked: Vec<u64>,
+    /// Names created, renamed or removed since their directory's last sync.
+    dirty_names: BTreeSet<PathBuf>,
     dirs: BTreeMap<PathBuf, ()>,
     next_ino: u64,
     /// Bumped by every crash; handles from before a crash stop working.
@@ -225,6 +227,7 @@ impl SimFs {
         st.generation += 1;
         st.names = st.durable_names.clone();
         st.unlinked.clear();
+        st.dirty_names.clear();
         let live: std::collections::BTreeSet<u64> = st.names.values().copied().collect();
         st.files.retain(|ino, _| live.contains(ino));
         for (ino, f) in st.files.iter_mut() {
@@ -438,6 +441,7 @@ impl Vfs for SimFs {
         let ino = st.next_ino;
         st.files.insert(ino, FileData::default());
         st.names.insert(path.to_path_buf(), ino);
+        st.dirty_names.insert(path.to_path_buf());
         Ok(SimFile {
             fs: self.clone(),
             ino,
@@ -482,6 +486,8 @@ impl Vfs for SimFs {
         if let Some(replaced) = st.names.insert(to.to_path_buf(), ino) {
             st.unlinked.push(replaced);
         }
+        st.dirty_names.insert(from.to_path_buf());
+        st.dirty_names.insert(to.to_path_buf());
         Ok(())
     }
 
@@ -489,6 +495,7 @@ impl Vfs for SimFs {
         let mut st = self.lock()?;
         let ino = st.names.remove(path).ok_or_else(|| not_found(path))?;
         st.unlinked.push(ino);
+        st.dirty_names.insert(path.to_path_buf());
         Ok(())
     }
 
@@ -499,25 +506,30 @@ impl Vfs for SimFs {
             return Err(injected("directory fsync"));
         }
         st.stats.dir_syncs += 1;
-        // The names in `dir` are one range of each map (paths order by
-        // component), so a sync costs what the directory holds, not what
-        // the file system holds.
-        let in_dir = |m: &BTreeMap<PathBuf, u64>| -> Vec<(PathBuf, u64)> {
-            m.range::<Path, _>((std::ops::Bound::Excluded(dir), std::ops::Bound::Unbounded))
-                .take_while(|(p, _)| p.starts_with(dir))
-                .filter(|(p, _)| p.parent() == Some(dir))
-                .map(|(p, i)| (p.clone(), *i))
-                .collect()
-        };
-        let current = in_dir(&st.names);
-        let before = in_dir(&st.durable_names);
-        for (p, _) in &before {
-            st.durable_names.remove(p);
+        // Only the names changed since the last sync of `dir` differ from
+        // their durable state: a sync costs what changed, not what the
+        // directory holds.
+        let changed: Vec<PathBuf> = st
+            .dirty_names
+            .iter()
+            .filter(|p| p.parent() == Some(dir))
+            .cloned()
+            .collect();
+        let mut before = Vec::new();
+        for p in changed {
+            st.dirty_names.remove(&p);
+            let now = st.names.get(&p).copied();
+            let old = match now {
+                Some(ino) => st.durable_names.insert(p, ino),
+                None => st.durable_names.remove(&p),
+            };
+            if let Some(old) = old.filter(|o| Some(*o) != now) {
+                before.push(old);
+            }
         }
-        st.durable_names.extend(current.iter().cloned());
         // Files no name reaches any more are gone for good.
         let mut dropped: Vec<u64> = std::mem::take(&mut st.unlinked);
-        dropped.extend(before.into_iter().map(|(_, ino)| ino));
+        dropped.extend(before);
         dropped.sort_unstable();
         dropped.dedup();
         for ino in dropped {

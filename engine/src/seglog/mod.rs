@@ -487,7 +487,7 @@ impl<V: Vfs + Clone> SegmentStorage<V> {
             .vfs
             .create(&path)
             .map_err(|e| io_err("create segment", e))?;
-        file.set_len(size)
+        file.preallocate(size)
             .and_then(|_| file.write_at(0, &format::encode_header(seq)))
             .and_then(|_| file.sync_data())
             .map_err(|e| io_err("create segment", e))?;

@@ -304,3 +304,74 @@ fn silent_read_corruption_is_caught_never_returned() {
     assert!(matches!(s.read(2), Err(StorageError::Io { .. })));
     assert_eq!(s.read(2).unwrap().unwrap().body, body(2));
 }
+
+// Group commit through `SharedLog`, from one thread (its concurrency is
+// tested in `group.rs`, which may start threads, and in
+// tests/acceptance_storage.rs).
+
+#[test]
+fn shared_log_returns_only_durable_appends() {
+    let fs = SimFs::new();
+    let o = opts(Durability::Group, 4096);
+    let shared = SharedLog::new(open(&fs, &o));
+    for i in 1..=100 {
+        assert_eq!(shared.append(&body(i)).unwrap(), i);
+        // Durable on return, across segment rotations too.
+        assert_eq!(shared.with_log(|l| l.durable_lsn()).unwrap(), i);
+    }
+    let log = shared.into_inner().unwrap();
+    assert_eq!(log.durable_lsn(), 100);
+    drop(log);
+    fs.crash(CrashMode::LoseUnsynced);
+    assert_eq!(open(&fs, &o).last_lsn(), 100);
+}
+
+#[test]
+fn shared_log_wait_durable_covers_appends_made_under_its_lock() {
+    let fs = SimFs::new();
+    let o = opts(Durability::Group, 1 << 20);
+    let shared = SharedLog::new(open(&fs, &o));
+    assert!(shared.wait_durable(1).is_err(), "nothing appended yet");
+    let lsn = shared.with_log(|l| l.append(&body(1))).unwrap().unwrap();
+    assert_eq!(shared.with_log(|l| l.durable_lsn()).unwrap(), 0);
+    shared.wait_durable(lsn).unwrap();
+    assert_eq!(shared.with_log(|l| l.durable_lsn()).unwrap(), lsn);
+    assert!(shared.wait_durable(lsn + 1).is_err(), "never appended");
+    shared.wait_durable(lsn).unwrap();
+    drop(shared);
+    fs.crash(CrashMode::LoseUnsynced);
+    assert_eq!(open(&fs, &o).last_lsn(), 1);
+}
+
+#[test]
+fn shared_log_reports_a_failed_sync_to_every_later_call() {
+    let fs = SimFs::new();
+    let o = opts(Durability::Group, 1 << 20);
+    let shared = SharedLog::new(open(&fs, &o));
+    shared.append(&body(1)).unwrap();
+    fs.set_faults(crate::disk::SimFaults {
+        failing_syncs: 1,
+        ..Default::default()
+    });
+    assert!(shared.append(&body(2)).is_err());
+    // The fault fired once; the log still refuses (after a failed fsync
+    // the page cache cannot be trusted).
+    assert!(shared.append(&body(3)).is_err());
+    // Every later call gets the failure, even for an entry durable before.
+    assert!(shared.wait_durable(2).is_err());
+    assert!(shared.wait_durable(1).is_err());
+    let log = shared.into_inner().unwrap();
+    assert!(log.failure().is_some());
+    assert_eq!(log.durable_lsn(), 1);
+}
+
+#[test]
+fn shared_log_without_appends_needs_no_sync_thread() {
+    let fs = SimFs::new();
+    let o = opts(Durability::Group, 1 << 20);
+    let shared = SharedLog::new(open(&fs, &o));
+    assert_eq!(shared.with_log(|l| l.last_lsn()).unwrap(), 0);
+    let log = shared.into_inner().unwrap();
+    assert_eq!(log.last_lsn(), 0);
+    drop(SharedLog::new(log));
+}

@@ -328,9 +328,10 @@ const RECORDING_LEN_MAX: f64 = 400_000.0;
 /// found (regression tests name the generator), new draws come with a new
 /// generator. 1: the first swarm; 2: tenant and group filters, daily
 /// windows, WAN caps, read faults and clock drift in swarm mode; 3: some
-/// swarm runs open with the divergent-writes table; 4: weekly windows, and
-/// recording lengths log-uniform (most recordings short, a few of many
-/// chunks) instead of uniform, which moves a fifth of the bytes.
+/// swarm runs open with the divergent-writes table; 4: weekly windows in
+/// swarm mode, and recording lengths log-uniform in both modes (most
+/// recordings short, a few of many chunks) instead of uniform, which moves
+/// a fifth of the bytes.
 pub const GENERATOR_LATEST: u8 = 4;
 /// What `recsync-sim` and CI draw by default: the newest generator whose
 /// seed ranges pass.
@@ -518,9 +519,11 @@ impl Plan {
 
     /// Draws a plan with a given generator (see `GENERATOR_LATEST`).
     pub fn generate_with(seed: u64, swarm: bool, generator: u8) -> Plan {
+        // Recording lengths follow the generator in both modes; the other
+        // draws of later generators are swarm knobs.
+        let g4 = generator >= 4;
         let generator = if swarm { generator } else { 1 };
         let g2 = generator >= 2;
-        let g4 = generator >= 4;
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_5157);
         let knobs = draw_knobs(&mut rng, swarm, generator);
         let mix = if swarm {
