@@ -180,12 +180,12 @@ fn kill9(mode: &str, rounds: u64, seed: u64) {
 
 #[test]
 fn acceptance_storage_crash_kill9_always() {
-    kill9("always", 110, 1);
+    kill9("always", 200, 1);
 }
 
 #[test]
 fn acceptance_storage_crash_kill9_group() {
-    kill9("group", 110, 2);
+    kill9("group", 200, 2);
 }
 
 // ---------------------------------------------------------------- torn tail
