@@ -6,15 +6,17 @@ use crate::ids::{Dot, Key, NodeId};
 use crate::vv::VersionVector;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest class, tenant or group name, in bytes.
 pub const NAME_LEN_MAX: usize = 32;
 
 /// A short label name (class, tenant or group): 1 to 32 bytes of
-/// `[a-z0-9_.-]`. Validated on construction, so a `Name` is always well formed.
+/// `[a-z0-9_.-]`. Validated on construction, so a `Name` is always well formed;
+/// shared, so a clone (every version carries three) costs no allocation.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Name(String);
+pub struct Name(Arc<str>);
 
 /// Why a string is not a valid [`Name`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +43,7 @@ impl Name {
         {
             return Err(NameError::BadChar { ch });
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(Arc::from(s)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -58,7 +60,7 @@ impl TryFrom<String> for Name {
 
 impl From<Name> for String {
     fn from(n: Name) -> String {
-        n.0
+        n.0.to_string()
     }
 }
 

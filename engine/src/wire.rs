@@ -178,23 +178,22 @@ pub enum FrameError {
 
 /// Encodes one message as a frame.
 pub fn encode_frame(msg: &Message) -> Vec<u8> {
-    let payload = match postcard::to_allocvec(msg) {
+    // The payload is written after room for the header: no second copy.
+    let mut out = match postcard::to_extend(msg, vec![0u8; FRAME_HEADER_LEN]) {
         Ok(p) => p,
         Err(e) => unreachable!("in-memory serialisation of a message cannot fail: {e}"),
     };
+    let len = out.len() - FRAME_HEADER_LEN;
     assert!(
-        payload.len() <= FRAME_PAYLOAD_LEN_MAX as usize,
-        "message of {} bytes over the frame limit; batches are bounded below it",
-        payload.len()
+        len <= FRAME_PAYLOAD_LEN_MAX as usize,
+        "message of {len} bytes over the frame limit; batches are bounded below it"
     );
-    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
-    out.extend_from_slice(&FRAME_MAGIC);
-    out.push(PROTOCOL_VERSION);
-    out.push(0);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..8]), &payload);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&payload);
+    out[..2].copy_from_slice(&FRAME_MAGIC);
+    out[2] = PROTOCOL_VERSION;
+    out[3] = 0;
+    out[4..8].copy_from_slice(&(len as u32).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..8]), &out[FRAME_HEADER_LEN..]);
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
     debug_assert_eq!(
         decode_frame(&out, FRAME_PAYLOAD_LEN_MAX)
             .ok()

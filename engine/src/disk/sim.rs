@@ -337,6 +337,30 @@ impl VfsFile for SimFile {
     }
 
     fn with_bytes<R>(&self, offset: u64, len: usize, f: impl FnOnce(&[u8]) -> R) -> io::Result<R> {
+        // Without a read fault to inject, `f` reads the stored bytes in
+        // place when they are all stored (no zeros to pad with).
+        let mut f = Some(f);
+        let direct = self.with(|st, ino| {
+            if st.faults.short_reads > 0 || st.faults.corrupt_reads > 0 {
+                return Ok(None);
+            }
+            let file = st.files.get(&ino).ok_or_else(|| not_found(&self.path))?;
+            let end = offset
+                .checked_add(len as u64)
+                .filter(|end| *end <= file.len)
+                .ok_or_else(|| short_file(&self.path, offset, len, file.len))?;
+            if end as usize > file.data.len() {
+                return Ok(None);
+            }
+            Ok(f.take()
+                .map(|f| f(&file.data[offset as usize..end as usize])))
+        })?;
+        if let Some(r) = direct {
+            return Ok(r);
+        }
+        let Some(f) = f else {
+            unreachable!("`f` is taken only when it ran")
+        };
         let bytes = self.with(|st, ino| {
             let file = st.files.get(&ino).ok_or_else(|| not_found(&self.path))?;
             let mut bytes = match offset.checked_add(len as u64) {
@@ -366,10 +390,13 @@ impl VfsFile for SimFile {
                 st.faults.failing_writes -= 1;
                 return Err(injected("write"));
             }
-            let used: u64 = st.files.values().map(|f| f.len).sum();
-            let cur = st.files.get(&ino).map_or(0, |f| f.len);
-            let grow = (offset + data.len() as u64).saturating_sub(cur);
-            if st.faults.capacity.is_some_and(|cap| used + grow > cap) {
+            // The space used is summed only when a capacity is set.
+            let over = st.faults.capacity.is_some_and(|cap| {
+                let used: u64 = st.files.values().map(|f| f.len).sum();
+                let cur = st.files.get(&ino).map_or(0, |f| f.len);
+                used + (offset + data.len() as u64).saturating_sub(cur) > cap
+            });
+            if over {
                 return Err(io::Error::new(
                     io::ErrorKind::StorageFull,
                     "simulated disk full",

@@ -23,9 +23,11 @@ pub const CHUNK_HEADER: usize = 16;
 pub const MAX_CHUNK: u32 = 64 << 20;
 
 pub fn blob_name(id: &BlobId) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(69);
     for b in id {
-        s.push_str(&format!("{b:02x}"));
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
     }
     s.push_str(".blob");
     s

@@ -543,21 +543,18 @@ impl<'p> Runner<'p> {
         let s = self.c.node(j).storage();
         let durable = s.durable_lsn();
         let mut out: BTreeMap<Key, VersionVector> = BTreeMap::new();
-        let mut from = s.first_retained_lsn();
-        while let Ok(chunk) = s.scan(from, 4096) {
-            let Some(last) = chunk.last() else { break };
-            from = last.lsn + 1;
-            for e in chunk.iter().filter(|e| e.lsn <= durable) {
-                for v in e.body.versions() {
-                    let vv = out.entry(v.key).or_default();
-                    vv.join(&v.context);
-                    vv.add(&v.dot);
-                }
+        // A read error leaves what was read so far, as the scan did.
+        let _partial_on_error = s.visit(s.first_retained_lsn(), &mut |lsn, body| {
+            if lsn > durable {
+                return false;
             }
-            if last.lsn >= durable {
-                break;
+            for v in body.versions() {
+                let vv = out.entry(v.key).or_default();
+                vv.join(&v.context);
+                vv.add(&v.dot);
             }
-        }
+            true
+        });
         out
     }
 
