@@ -93,12 +93,29 @@ impl KeyState {
     /// where reports went out long ago): the state changes exactly as with
     /// `apply`.
     pub fn absorb(&mut self, version: Version, lsn: Lsn) -> Absorbed {
+        self.absorb_noting(version, lsn, |_| {})
+    }
+
+    /// `absorb`, telling `superseded` the log position of each standing
+    /// version the new one replaces.
+    pub fn absorb_noting(
+        &mut self,
+        version: Version,
+        lsn: Lsn,
+        mut superseded: impl FnMut(Lsn),
+    ) -> Absorbed {
         if self.seen.covers(&version.dot) {
             return Absorbed::Ignored;
         }
         self.seen.join(&version.context);
         self.seen.add(&version.dot);
-        self.siblings.retain(|s| !version.supersedes(&s.version));
+        self.siblings.retain(|s| {
+            let stays = !version.supersedes(&s.version);
+            if !stays {
+                superseded(s.lsn);
+            }
+            stays
+        });
         let concurrent = !self.siblings.is_empty();
         let pos = match self
             .siblings
@@ -123,8 +140,20 @@ impl KeyState {
         lsn: Lsn,
         policy_for: impl Fn(&Version) -> &'p ConflictPolicy,
     ) -> ApplyOutcome {
+        self.apply_noting(version, lsn, policy_for, |_| {})
+    }
+
+    /// `apply`, telling `superseded` the log position of each standing
+    /// version the new one replaces.
+    pub fn apply_noting<'p>(
+        &mut self,
+        version: Version,
+        lsn: Lsn,
+        policy_for: impl Fn(&Version) -> &'p ConflictPolicy,
+        superseded: impl FnMut(Lsn),
+    ) -> ApplyOutcome {
         let arrived = version.dot;
-        match self.absorb(version, lsn) {
+        match self.absorb_noting(version, lsn, superseded) {
             Absorbed::Ignored => return ApplyOutcome::Ignored,
             Absorbed::Applied => return ApplyOutcome::Applied,
             Absorbed::Concurrent => {}

@@ -1447,16 +1447,16 @@ impl<S: Storage> Node<S> {
     fn apply_version(&mut self, v: Version, lsn: Lsn) -> ApplyOutcome {
         note_max(&mut self.replica_max, &v.dot);
         let cfg = &self.cfg;
-        let st = self.keys.entry(v.key).or_default();
-        let before: Vec<Lsn> = st.siblings.iter().map(|s| s.lsn).collect();
-        let outcome = st.apply(v, lsn, |v| policy_of(cfg, v));
+        let candidates = &mut self.trim_candidates;
         // The entries of superseded versions may be releasable now.
-        for old in before {
-            if !st.siblings.iter().any(|s| s.lsn == old) {
-                self.trim_candidates.insert(old);
-            }
-        }
-        outcome
+        self.keys.entry(v.key).or_default().apply_noting(
+            v,
+            lsn,
+            |v| policy_of(cfg, v),
+            |old| {
+                candidates.insert(old);
+            },
+        )
     }
 
     /// Applies versions received from `from` (logged at `lsn`, all unseen

@@ -309,11 +309,17 @@ fn silent_read_corruption_is_caught_never_returned() {
 // tested in `group.rs`, which may start threads, and in
 // tests/acceptance_storage.rs).
 
+/// A `SharedLog` in `group` mode on a fresh simulated disk.
+fn shared_log(segment_size: u64) -> (SimFs, LogOptions, SharedLog<SimFs>) {
+    let fs = SimFs::new();
+    let o = opts(Durability::Group, segment_size);
+    let shared = SharedLog::new(open(&fs, &o));
+    (fs, o, shared)
+}
+
 #[test]
 fn shared_log_returns_only_durable_appends() {
-    let fs = SimFs::new();
-    let o = opts(Durability::Group, 4096);
-    let shared = SharedLog::new(open(&fs, &o));
+    let (fs, o, shared) = shared_log(4096);
     for i in 1..=100 {
         assert_eq!(shared.append(&body(i)).unwrap(), i);
         // Durable on return, across segment rotations too.
@@ -328,9 +334,7 @@ fn shared_log_returns_only_durable_appends() {
 
 #[test]
 fn shared_log_wait_durable_covers_appends_made_under_its_lock() {
-    let fs = SimFs::new();
-    let o = opts(Durability::Group, 1 << 20);
-    let shared = SharedLog::new(open(&fs, &o));
+    let (fs, o, shared) = shared_log(1 << 20);
     assert!(shared.wait_durable(1).is_err(), "nothing appended yet");
     let lsn = shared.with_log(|l| l.append(&body(1))).unwrap().unwrap();
     assert_eq!(shared.with_log(|l| l.durable_lsn()).unwrap(), 0);
@@ -345,9 +349,7 @@ fn shared_log_wait_durable_covers_appends_made_under_its_lock() {
 
 #[test]
 fn shared_log_reports_a_failed_sync_to_every_later_call() {
-    let fs = SimFs::new();
-    let o = opts(Durability::Group, 1 << 20);
-    let shared = SharedLog::new(open(&fs, &o));
+    let (fs, _, shared) = shared_log(1 << 20);
     shared.append(&body(1)).unwrap();
     fs.set_faults(crate::disk::SimFaults {
         failing_syncs: 1,
@@ -367,9 +369,7 @@ fn shared_log_reports_a_failed_sync_to_every_later_call() {
 
 #[test]
 fn shared_log_without_appends_needs_no_sync_thread() {
-    let fs = SimFs::new();
-    let o = opts(Durability::Group, 1 << 20);
-    let shared = SharedLog::new(open(&fs, &o));
+    let (_, _, shared) = shared_log(1 << 20);
     assert_eq!(shared.with_log(|l| l.last_lsn()).unwrap(), 0);
     let log = shared.into_inner().unwrap();
     assert_eq!(log.last_lsn(), 0);
