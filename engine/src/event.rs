@@ -15,6 +15,8 @@ pub enum SessionEnd {
     RefusedByPeer(Refusal),
     /// A frame could not be decoded; only this session is dropped.
     BadFrame(FrameError),
+    /// The peer was removed from the configuration (`Node::set_peers`).
+    Removed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -34,8 +34,8 @@ pub use hlc::Hlc;
 pub use ids::{ClusterId, Dot, Key, Lsn, NodeId, ReplicaId};
 pub use keystate::{ConflictReport, KeyState};
 pub use node::{
-    Node, ObjectView, OpenError, Output, PutRequest, SessionError, WriteError, WriteOp,
-    WriteReceipt,
+    Node, ObjectView, OpenError, Output, PeersChanged, PutRequest, ReconfigureError, SessionError,
+    WriteError, WriteOp, WriteReceipt,
 };
 pub use peer::PeerStatus;
 pub use policy::{ConflictPolicy, Resolution};

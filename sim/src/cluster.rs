@@ -14,7 +14,8 @@ use recsync_engine::seglog::LogOptions;
 use recsync_engine::wire::{decode_frame, Message, FRAME_PAYLOAD_LEN_MAX};
 use recsync_engine::{
     BlobError, BlobRef, ClusterId, Dot, Event, Key, Labels, MemSync, Node, NodeConfig, NodeId,
-    Output, PeerConfig, PutRequest, Schedule, WriteError, WriteOp, WriteReceipt,
+    Output, PeerConfig, PeersChanged, PutRequest, ReconfigureError, Schedule, WriteError, WriteOp,
+    WriteReceipt,
 };
 
 /// More packets in flight than this is a runaway (see `run_until`).
@@ -514,6 +515,26 @@ impl Cluster {
             None => self.fresh_store(),
         };
         self.start(i, storage);
+    }
+
+    /// Replaces node `i`'s peer list while it runs (`Node::set_peers`, no
+    /// restart). A node that is down takes the new list when it restarts.
+    pub fn set_peers(
+        &mut self,
+        i: usize,
+        peers: Vec<PeerConfig>,
+    ) -> Result<PeersChanged, ReconfigureError> {
+        let t = self.node_time(i);
+        let changed = match self.nodes[i].node.as_mut() {
+            Some(n) => n.set_peers(t, peers.clone()),
+            None => Ok(PeersChanged::default()),
+        };
+        // A failed node (a storage error) takes the list when reopened.
+        if !matches!(changed, Err(ReconfigureError::Config(_))) {
+            self.nodes[i].cfg.peers = peers;
+        }
+        self.drain(i);
+        changed
     }
 
     /// Stops node `i` without losing anything (a clean shutdown).

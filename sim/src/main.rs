@@ -42,6 +42,9 @@ Usage:
 Exit status: 0 when every run passed, 1 when one failed, 2 on a bad command line.
 ";
 
+/// How many of the slowest seeds the range summary names.
+const SLOWEST_SHOWN: usize = 5;
+
 struct Args {
     seeds: Option<(u64, u64)>,
     swarm: bool,
@@ -219,9 +222,19 @@ fn range(lo: u64, hi: u64, a: &Args) -> ExitCode {
     let mut seeds_run = 0u64;
     // 5-node runs: simulated ms, real s, count.
     let mut five = (0u64, 0f64, 0u64);
+    // The slowest runs by real time: (real s, seed, simulated ms).
+    let mut slowest: Vec<(f64, u64, u64)> = Vec::new();
     for (done, seed) in (lo..hi).enumerate() {
         let plan = Plan::generate_with(seed, a.swarm, a.generator);
+        let run_started = Instant::now();
         let out = swarm::run(&plan, false);
+        slowest.push((
+            run_started.elapsed().as_secs_f64(),
+            seed,
+            out.stats.simulated_ms,
+        ));
+        slowest.sort_by(|x, y| y.0.total_cmp(&x.0));
+        slowest.truncate(SLOWEST_SHOWN);
         if plan.knobs.nodes == 5 {
             five.0 += out.stats.fault_phase_ms;
             five.1 += out.stats.fault_phase_real_s;
@@ -298,6 +311,16 @@ fn range(lo: u64, hi: u64, a: &Args) -> ExitCode {
             five.0 as f64 / 1000.0 / five.1.max(1e-9)
         );
     }
+    let slow: Vec<String> = slowest
+        .iter()
+        .map(|(real, seed, sim)| {
+            format!(
+                "{seed} ({real:.2} s for {:.0} simulated s)",
+                *sim as f64 / 1000.0
+            )
+        })
+        .collect();
+    println!("slowest seeds: {}", slow.join(", "));
     println!(
         "trace hash of the range: {}",
         hex(range_hash.finalize().as_bytes())

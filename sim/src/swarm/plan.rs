@@ -161,8 +161,14 @@ pub enum Action {
     TrimCompact {
         node: usize,
     },
-    /// Removes the link between two nodes (both configs), or puts it back.
+    /// Removes the link between two nodes (both configs), or puts it back,
+    /// by restarting both with the new configuration.
     TogglePeer {
+        a: usize,
+        b: usize,
+    },
+    /// The same change made live (`Node::set_peers`), with no restart.
+    SetPeers {
         a: usize,
         b: usize,
     },
@@ -200,6 +206,7 @@ impl Action {
                 ..
             } => "disk short read",
             Action::TogglePeer { .. } => "peer removed/added",
+            Action::SetPeers { .. } => "peer removed/added live",
             _ => return None,
         })
     }
@@ -219,7 +226,8 @@ impl Action {
             Action::Partition { left } => left.clone(),
             Action::Block { from: a, to: b }
             | Action::Cut { a, b }
-            | Action::TogglePeer { a, b } => vec![*a, *b],
+            | Action::TogglePeer { a, b }
+            | Action::SetPeers { a, b } => vec![*a, *b],
             Action::Heal => Vec::new(),
         }
     }
@@ -331,8 +339,9 @@ const RECORDING_LEN_MAX: f64 = 400_000.0;
 /// swarm runs open with the divergent-writes table; 4: weekly windows in
 /// swarm mode, and recording lengths log-uniform in both modes (most
 /// recordings short, a few of many chunks) instead of uniform, which moves
-/// a fifth of the bytes.
-pub const GENERATOR_LATEST: u8 = 4;
+/// a fifth of the bytes; 5: in both modes, most peer changes are made
+/// live (`Node::set_peers`) rather than by restarting both nodes.
+pub const GENERATOR_LATEST: u8 = 5;
 /// What `recsync-sim` and CI draw by default: the newest generator whose
 /// seed ranges pass.
 pub const GENERATOR_DEFAULT: u8 = 4;
@@ -522,6 +531,7 @@ impl Plan {
         // Recording lengths follow the generator in both modes; the other
         // draws of later generators are swarm knobs.
         let g4 = generator >= 4;
+        let g5 = generator >= 5;
         let generator = if swarm { generator } else { 1 };
         let g2 = generator >= 2;
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_5157);
@@ -631,7 +641,11 @@ impl Plan {
             } else if take(mix.trim) {
                 Action::TrimCompact { node }
             } else if take(mix.toggle) && n > 1 {
-                Action::TogglePeer { a: node, b: other }
+                if g5 && rng.gen_bool(0.8) {
+                    Action::SetPeers { a: node, b: other }
+                } else {
+                    Action::TogglePeer { a: node, b: other }
+                }
             } else {
                 Action::Sync { node }
             };

@@ -10,8 +10,8 @@ use crate::net::NetConfig;
 use recsync_engine::disk::{CrashMode, SimFaults};
 use recsync_engine::seglog::{Durability, LogOptions};
 use recsync_engine::{
-    ConflictPolicy, Dot, Event, Key, Lsn, Name, NodeConfig, Schedule, Storage, VersionVector,
-    Window, WriteError, WriteOp,
+    ConflictPolicy, Dot, Event, Key, Lsn, Name, NodeConfig, ReconfigureError, Schedule, Storage,
+    VersionVector, Window, WriteError, WriteOp,
 };
 use std::collections::BTreeMap;
 
@@ -197,6 +197,9 @@ struct Runner<'p> {
     /// Per node: written but not yet durable (lsn, dots).
     pending: Vec<Vec<(Lsn, Vec<Dot>)>>,
     original: Vec<NodeConfig>,
+    /// Per node: whether its peers were last changed live (the heal puts
+    /// the original list back the same way).
+    reconfigured_live: Vec<bool>,
     faults: BTreeMap<&'static str, u64>,
     writes: u64,
     heal_to_converged_ms: u64,
@@ -218,6 +221,7 @@ impl<'p> Runner<'p> {
         let original = (0..c.len()).map(|i| c.node(i).config().clone()).collect();
         let start_ms = c.now_ms();
         Self {
+            reconfigured_live: vec![false; c.len()],
             model: Model::new(&plan.knobs),
             pending: vec![Vec::new(); c.len()],
             c,
@@ -473,8 +477,16 @@ impl<'p> Runner<'p> {
                     }
                 }
             }
-            Action::TogglePeer { a, b } => {
-                let (a, b) = (*a, *b);
+            Action::TogglePeer {
+                a: first,
+                b: second,
+            }
+            | Action::SetPeers {
+                a: first,
+                b: second,
+            } => {
+                let live = matches!(a, Action::SetPeers { .. });
+                let (a, b) = (*first, *second);
                 let linked = self
                     .c
                     .node_config(a)
@@ -488,19 +500,27 @@ impl<'p> Runner<'p> {
                         .iter()
                         .any(|p| p.node == crate::cluster::node_id(a));
                 for (x, y) in [(a, b), (b, a)] {
+                    let id = crate::cluster::node_id(y);
+                    let mut peers = self.c.node_config(x).peers.clone();
+                    if linked {
+                        peers.retain(|p| p.node != id);
+                    } else if let Some(p) = self.original[x].peers.iter().find(|p| p.node == id) {
+                        peers.push(p.clone());
+                    }
+                    self.reconfigured_live[x] = live;
+                    if live {
+                        // A storage failure while reading the log fails
+                        // the node, as any would; the heal restarts it.
+                        if let Err(ReconfigureError::Config(e)) = self.c.set_peers(x, peers) {
+                            panic!("node {x}: the simulator built a bad peer list: {e}");
+                        }
+                        continue;
+                    }
                     self.clear_disk_faults(x);
                     // A restart: what is not durable by now is not promised
                     // (the shutdown's sync may fail on a failed disk).
                     self.forget_pending(x);
-                    let original = self.original[x].clone();
-                    let id = crate::cluster::node_id(y);
-                    self.c.reconfigure(x, |cfg| {
-                        if linked {
-                            cfg.peers.retain(|p| p.node != id);
-                        } else if let Some(p) = original.peers.iter().find(|p| p.node == id) {
-                            cfg.peers.push(p.clone());
-                        }
-                    });
+                    self.c.reconfigure(x, |cfg| cfg.peers = peers);
                 }
             }
         }
@@ -694,9 +714,15 @@ impl<'p> Runner<'p> {
                 self.c.restart(i);
             }
             if self.c.node(i).config().peers != self.original[i].peers {
-                self.forget_pending(i);
                 let peers = self.original[i].peers.clone();
-                self.c.reconfigure(i, |cfg| cfg.peers = peers);
+                if self.reconfigured_live[i] {
+                    if let Err(ReconfigureError::Config(e)) = self.c.set_peers(i, peers) {
+                        panic!("node {i}: the original peer list is refused: {e}");
+                    }
+                } else {
+                    self.forget_pending(i);
+                    self.c.reconfigure(i, |cfg| cfg.peers = peers);
+                }
             }
         }
         self.refresh_acked();

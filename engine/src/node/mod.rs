@@ -41,6 +41,9 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 
+mod reconfigure;
+pub use reconfigure::{PeersChanged, ReconfigureError};
+
 /// The policy for versions of a class this node does not know (a peer with a
 /// newer configuration): last-writer-wins, so every node still agrees.
 const DEFAULT_POLICY: ConflictPolicy = ConflictPolicy::LastWriterWins;
