@@ -175,3 +175,25 @@ fn swarm_seed_810_blob_check_retried_after_a_read_fault() {
 fn swarm_seed_585_owed_reseed_survives_a_lost_first_batch() {
     swarm_passes_in(585, 4);
 }
+
+/// Engine: node 1 staged node 0's recording for its blob; node 0 was wiped
+/// and seeded by a snapshot (staged versions are in none); when the blob
+/// came, node 1's link to node 0 was down, so it could not tell node 0 was
+/// another incarnation and skipped it as the sender: node 0 never got its
+/// own recording back. Relaying now skips the sender only while it is up
+/// as the incarnation that sent, and a backlog rebuilt from the log never
+/// skips the sender of a blob-ready entry. (Generator 5.)
+#[test]
+fn swarm_seed_801_staged_version_goes_back_to_a_wiped_sender() {
+    swarm_passes_in(801, 5);
+}
+
+/// Engine: a batch's entry was written but its sync failed, so node 0
+/// failed before applying it and reported nothing; after the restart the
+/// replay brought the conflict back in silence. Standing conflicts are now
+/// reported at open. (Generator 2; it failed in generator 3 before.)
+#[test]
+fn swarm_seed_890_conflict_back_from_an_unconfirmed_entry_is_reported() {
+    swarm_passes_in(890, 2);
+    swarm_passes_in(890, 3);
+}

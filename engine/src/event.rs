@@ -23,7 +23,10 @@ pub enum SessionEnd {
 pub enum Event {
     /// A version received from a peer was applied (it is new here).
     RemoteApplied { from: NodeId, key: Key, dot: Dot },
-    /// Concurrent versions of one object met here.
+    /// Concurrent versions of one object met here. Also raised at open for
+    /// every object whose versions stand concurrent (siblings), so that a
+    /// conflict is never silent although a restart brought back a version
+    /// whose write was never confirmed (its sync failed).
     Conflict(ConflictReport),
     /// A session with the peer is established.
     PeerUp { peer: NodeId },

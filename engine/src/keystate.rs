@@ -168,6 +168,27 @@ impl KeyState {
         })
     }
 
+    /// The report of the key's standing conflict, if its versions stand
+    /// concurrent: all of them, `arrived` being the one applied last here.
+    /// (A node reports these again at open; see `Node::open`.)
+    pub fn standing_conflict<'p>(
+        &self,
+        policy_for: impl Fn(&Version) -> &'p ConflictPolicy,
+    ) -> Option<ConflictReport> {
+        if self.siblings.len() < 2 {
+            return None;
+        }
+        let last = self.siblings.iter().max_by_key(|s| s.lsn)?;
+        let (winner, resolution) = self.settle(policy_for);
+        Some(ConflictReport {
+            key: last.version.key,
+            arrived: last.version.dot,
+            versions: self.siblings.iter().map(|s| s.version.clone()).collect(),
+            winner,
+            resolution,
+        })
+    }
+
     /// The policy that governs this key: the one of the class of the
     /// last-writer among the siblings (a function of the frontier only).
     fn governing_policy<'p>(

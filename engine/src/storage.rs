@@ -83,6 +83,19 @@ impl EntryBody {
         }
     }
 
+    /// The peer a backlog rebuilt from the log (at open, at a session
+    /// start, for a peer added live) does not send the entry back to: the
+    /// sender of a `Remote` entry. A `BlobReady` entry names none: its
+    /// versions were staged, and their sender may have been wiped since
+    /// and seeded by a snapshot without them (staged versions are in no
+    /// snapshot), so a duplicate it ignores is the safe side.
+    pub fn relay_skip(&self) -> Option<NodeId> {
+        match self {
+            EntryBody::Remote { from, .. } => Some(*from),
+            EntryBody::Local { .. } | EntryBody::BlobReady { .. } => None,
+        }
+    }
+
     /// The peer the entry's versions came from (none for local writes).
     pub fn source(&self) -> Option<NodeId> {
         match self {

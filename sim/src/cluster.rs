@@ -921,7 +921,11 @@ fn message_summary(m: &Message) -> String {
         ),
         Message::BlobMissing { hash } => format!("blob missing {:02x}{:02x}", hash[0], hash[1]),
         Message::Hello(h) => {
-            let short = |r: &recsync_engine::ReplicaId| r.0.to_string()[..8].to_string();
+            // As `ReplicaId`'s `Debug` prints it elsewhere in the trace.
+            let short = |r: &recsync_engine::ReplicaId| {
+                let s = r.0.simple().to_string();
+                s[s.len() - 8..].to_string()
+            };
             format!(
                 "hello: replica {} log {} receive from {} lost {}",
                 short(&h.replica),

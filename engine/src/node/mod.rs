@@ -27,7 +27,7 @@ use crate::config::{ConfigError, NodeConfig, PeerConfig};
 use crate::event::{Event, SessionEnd};
 use crate::hlc::{Hlc, HlcClock};
 use crate::ids::{ClusterId, Dot, Key, Lsn, NodeId, ReplicaId};
-use crate::keystate::{ApplyOutcome, KeyState};
+use crate::keystate::{ApplyOutcome, ConflictReport, KeyState};
 use crate::peer::{backoff_ms, BacklogItem, Link, Outbound, Peer, PeerStatus};
 use crate::policy::{ConflictPolicy, Resolution};
 use crate::record::{BlobRef, Body, Labels, Version};
@@ -322,6 +322,17 @@ impl<S: Storage> Node<S> {
             lost_own_counters: Vec::new(),
         };
         node.replay()?;
+        // Standing conflicts are reported again: a version whose entry's
+        // write failed unconfirmed (a failed sync) was never applied, so
+        // never reported, and may be back now from the log.
+        let reports: Vec<ConflictReport> = node
+            .keys
+            .values()
+            .filter_map(|s| s.standing_conflict(|v| policy_of(&node.cfg, v)))
+            .collect();
+        for r in reports {
+            node.push_event(Event::Conflict(r));
+        }
         node.new_dot_origin()?;
         // Entries peers may have seen and a crash lost: never reuse their
         // positions.
@@ -402,7 +413,7 @@ impl<S: Storage> Node<S> {
             }
         }
         let at = versions.iter().map(|v| v.hlc.wall_ms).max().unwrap_or(0);
-        self.push_backlogs(entry.lsn, versions, entry.body.source(), at);
+        self.push_backlogs(entry.lsn, versions, entry.body.relay_skip(), at);
         self.trim_candidates.insert(entry.lsn);
         // The state the entry left: no reports (they went out when it was
         // first applied), and the versions move out of the entry.
@@ -1085,7 +1096,7 @@ impl<S: Storage> Node<S> {
                 .max()
                 .unwrap_or(0);
             if let Some(p) = node.peers.get_mut(&peer) {
-                push_backlog(p, e.lsn, e.body.versions(), e.body.source(), at);
+                push_backlog(p, e.lsn, e.body.versions(), e.body.relay_skip(), at);
             }
         })
     }
@@ -2252,17 +2263,17 @@ impl<S: Storage> Node<S> {
         }
         self.blobs_complete.insert(hash);
         // One entry per peer the versions came from, so relaying skips
-        // exactly each version's own sender, unless the sender is now up
-        // as another incarnation (wiped or rolled back since it sent them):
-        // that one may not hold them, and the snapshot it was seeded with
-        // predates them (they were staged, not applied).
+        // each version's own sender only while it is up as the incarnation
+        // that sent them. Any other (wiped or rolled back since, or not
+        // known while the link is down) may not hold them: the snapshot it
+        // was seeded with has no staged versions.
         let mut by_source: BTreeMap<(NodeId, bool), Vec<Version>> = BTreeMap::new();
         for (from, from_log, v) in self.staged.remove(&hash).unwrap_or_default() {
             if !self.keys.get(&v.key).is_some_and(|s| s.has_seen(&v.dot)) {
-                let restarted = self.peers.get(&from).is_some_and(
-                    |p| matches!(p.link, Link::Up { remote_log, .. } if remote_log != from_log),
+                let same = self.peers.get(&from).is_some_and(
+                    |p| matches!(p.link, Link::Up { remote_log, .. } if remote_log == from_log),
                 );
-                by_source.entry((from, restarted)).or_default().push(v);
+                by_source.entry((from, !same)).or_default().push(v);
             }
         }
         self.fetches.remove(&hash);

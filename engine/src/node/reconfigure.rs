@@ -149,7 +149,7 @@ impl<S: Storage> Node<S> {
                 .map(|v| v.hlc.wall_ms)
                 .max()
                 .unwrap_or(0);
-            super::push_backlog(p, e.lsn, e.body.versions(), e.body.source(), at);
+            super::push_backlog(p, e.lsn, e.body.versions(), e.body.relay_skip(), at);
         })
     }
 }

@@ -126,8 +126,11 @@ pub fn key_of(key: u32) -> Key {
     Key::from_u128(0x5157_0000_0000 + key as u128)
 }
 
-fn short(d: &Dot) -> String {
-    format!("{}#{}", &d.replica.0.to_string()[..8], d.counter)
+/// A dot as traces print it: the last 8 hex digits of its replica (as
+/// `ReplicaId`'s `Debug` does) and the counter.
+pub fn short(d: &Dot) -> String {
+    let r = d.replica.0.simple().to_string();
+    format!("{}#{}", &r[r.len() - 8..], d.counter)
 }
 
 impl Model {

@@ -242,9 +242,11 @@ impl<'p> Runner<'p> {
     fn watch_step(&mut self) {
         let Some(w) = self.watch.clone() else { return };
         let mut holders = self.holders_of(&w);
-        let acked = self.model.written.iter().any(|(d, x)| {
-            x.acked && format!("{}#{}", &d.replica.0.to_string()[..8], d.counter) == w
-        });
+        let acked = self
+            .model
+            .written
+            .iter()
+            .any(|(d, x)| x.acked && super::oracle::short(d) == w);
         holders.push(if acked { 1000 } else { 2000 });
         if holders != self.watched {
             let h = holders.clone();
@@ -252,7 +254,7 @@ impl<'p> Runner<'p> {
                 .model
                 .written
                 .iter()
-                .find(|(d, _)| format!("{}#{}", &d.replica.0.to_string()[..8], d.counter) == w)
+                .find(|(d, _)| super::oracle::short(d) == w)
                 .map(|(_, x)| x.version.key);
             let states: Vec<String> = (0..self.c.len())
                 .filter(|j| self.c.is_up(*j))
@@ -283,7 +285,7 @@ impl<'p> Runner<'p> {
             .model
             .written
             .keys()
-            .find(|d| format!("{}#{}", &d.replica.0.to_string()[..8], d.counter) == w)
+            .find(|d| super::oracle::short(d) == w)
         else {
             return Vec::new();
         };
