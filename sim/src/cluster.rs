@@ -270,6 +270,17 @@ impl Cluster {
         }
     }
 
+    /// Notes the plan's step `index` (the hash takes the index and the
+    /// time; the line is made only when the trace is printed or kept).
+    pub fn note_step(&mut self, index: u64, line: impl FnOnce() -> String) {
+        self.trace.update(&self.now_ms.to_le_bytes());
+        self.trace.update(&index.to_le_bytes());
+        if self.trace_lines.is_some() {
+            let l = format!("{:>10} {}", self.now_ms - EPOCH_MS, line());
+            self.trace_line(l);
+        }
+    }
+
     /// The trace lines recorded so far.
     pub fn take_trace(&mut self) -> Vec<String> {
         self.trace_lines
@@ -502,6 +513,12 @@ impl Cluster {
         }
         self.nodes[i].parked = None;
         self.start(i, backup);
+    }
+
+    /// How many times node `i` was opened (started, restarted, wiped,
+    /// restored or reconfigured by a restart).
+    pub fn restarts(&self, i: usize) -> u64 {
+        self.nodes[i].restarts
     }
 
     /// Replaces node `i`'s configuration (a restart with the new config).

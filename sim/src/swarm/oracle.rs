@@ -46,7 +46,39 @@ pub struct Written {
     /// same holds for a crash or restart of the origin before the write was
     /// durable there: the origin stops being a source (it gets the write
     /// back only if a holder reaches it).
-    pub sources: BTreeSet<usize>,
+    pub sources: NodeSet,
+}
+
+/// A set of node indexes (a simulated cluster has at most 64 nodes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeSet(u64);
+
+impl NodeSet {
+    pub fn of(i: usize) -> Self {
+        let mut s = Self::default();
+        s.insert(i);
+        s
+    }
+
+    pub fn insert(&mut self, i: usize) {
+        assert!(i < 64, "node index {i} beyond a NodeSet");
+        self.0 |= 1 << i;
+    }
+
+    pub fn remove(&mut self, i: usize) {
+        if i < 64 {
+            self.0 &= !(1 << i);
+        }
+    }
+
+    pub fn contains(&self, i: usize) -> bool {
+        i < 64 && self.0 & (1 << i) != 0
+    }
+
+    /// The members, in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..64).filter(|i| self.contains(*i))
+    }
 }
 
 /// What the oracle knows.
@@ -182,7 +214,7 @@ impl Model {
                 at_ms,
                 acked: false,
                 excused: false,
-                sources: BTreeSet::from([origin]),
+                sources: NodeSet::of(origin),
             },
         );
         Ok(())
@@ -210,7 +242,7 @@ impl Model {
     /// that holds it now, along the links that carry its class.
     fn targets(&self, c: &Cluster, dot: &Dot, w: &Written) -> BTreeSet<usize> {
         let holders = (0..c.len()).filter(|i| seen_by(c, *i, &w.version.key, dot));
-        let from = w.sources.iter().copied().chain(holders);
+        let from = w.sources.iter().chain(holders);
         self.reach(from, Self::class_of_version(&w.version))
     }
 

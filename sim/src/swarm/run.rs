@@ -190,6 +190,16 @@ fn run_inner(plan: &Plan, trace: bool) -> Outcome {
     }
 }
 
+/// What one node would still have seen after a restart (see
+/// `Runner::refresh_durable_view`).
+struct DurableView {
+    /// The node's open count when the view was started.
+    opened: u64,
+    /// The last log entry taken in.
+    upto: Lsn,
+    seen: BTreeMap<Key, VersionVector>,
+}
+
 struct Runner<'p> {
     plan: &'p Plan,
     c: Cluster,
@@ -197,6 +207,8 @@ struct Runner<'p> {
     /// Per node: written but not yet durable (lsn, dots).
     pending: Vec<Vec<(Lsn, Vec<Dot>)>>,
     original: Vec<NodeConfig>,
+    /// Per node: its durable view, kept between wipes of other nodes.
+    durable_views: Vec<Option<DurableView>>,
     /// Per node: whether its peers were last changed live (the heal puts
     /// the original list back the same way).
     reconfigured_live: Vec<bool>,
@@ -222,6 +234,7 @@ impl<'p> Runner<'p> {
         let start_ms = c.now_ms();
         Self {
             reconfigured_live: vec![false; c.len()],
+            durable_views: (0..c.len()).map(|_| None).collect(),
             model: Model::new(&plan.knobs),
             pending: vec![Vec::new(); c.len()],
             c,
@@ -331,8 +344,12 @@ impl<'p> Runner<'p> {
 
     fn go(&mut self) -> Result<(), Failure> {
         let started = std::time::Instant::now();
-        for step in &self.plan.steps {
+        for (index, step) in self.plan.steps.iter().enumerate() {
             self.c.run_until(self.start_ms + step.at_ms);
+            // The plan follows from the seed: the trace hashes the step's
+            // place in it, and spells it out only when printed.
+            self.c
+                .note_step(index as u64, || format!("step {:?}", step.action));
             if let Some(kind) = step.action.fault_kind() {
                 *self.faults.entry(kind).or_default() += 1;
             }
@@ -371,7 +388,7 @@ impl<'p> Runner<'p> {
         for (_, dots) in self.pending[i].drain(..) {
             for d in dots {
                 if let Some(w) = self.model.written.get_mut(&d) {
-                    w.sources.remove(&i);
+                    w.sources.remove(i);
                 }
             }
         }
@@ -398,7 +415,6 @@ impl<'p> Runner<'p> {
 
     fn apply(&mut self, a: &Action) -> Result<(), Failure> {
         let c = &mut self.c;
-        c.note(|| format!("step {a:?}"));
         match a {
             Action::Write { node, ops } => return self.write(*node, ops),
             Action::Sync { node } => c.sync_storage(*node),
@@ -535,49 +551,79 @@ impl<'p> Runner<'p> {
     /// here, which only excuses more). From then on every version spreads
     /// from those holders (and its other sources), no longer from node i.
     fn excuse_wiped(&mut self, i: usize) {
-        let held: Vec<BTreeMap<Key, VersionVector>> = (0..self.c.len())
-            .map(|j| {
-                if j != i && self.c.is_up(j) {
-                    self.durably_seen(j)
-                } else {
-                    BTreeMap::new()
-                }
-            })
+        let up: Vec<usize> = (0..self.c.len())
+            .filter(|j| *j != i && self.c.is_up(*j))
             .collect();
+        for j in &up {
+            self.refresh_durable_view(*j);
+        }
+        // Per key, the vectors of the nodes that hold it.
+        let mut per_key: BTreeMap<Key, Vec<(usize, &VersionVector)>> = BTreeMap::new();
+        for j in up {
+            let Some(view) = &self.durable_views[j] else {
+                continue;
+            };
+            for (key, vv) in &view.seen {
+                per_key.entry(*key).or_default().push((j, vv));
+            }
+        }
         for w in self.model.written.values_mut() {
             let (key, dot) = (&w.version.key, &w.version.dot);
-            let holders: Vec<usize> = (0..held.len())
-                .filter(|j| held[*j].get(key).is_some_and(|vv| vv.covers(dot)))
-                .collect();
-            w.sources.remove(&i);
-            w.sources.extend(&holders);
-            if w.acked && holders.is_empty() {
+            w.sources.remove(i);
+            let mut held_elsewhere = false;
+            for (j, vv) in per_key.get(key).into_iter().flatten() {
+                if vv.covers(dot) {
+                    w.sources.insert(*j);
+                    held_elsewhere = true;
+                }
+            }
+            if w.acked && !held_elsewhere {
                 w.excused = true;
             }
         }
     }
 
-    /// What node `j` would still have seen after a restart, per key: the
-    /// versions of its durable log entries and what they supersede. A
-    /// successor the node applied but has not made durable does not count
-    /// (a crash or restart may take it away with what it superseded).
-    fn durably_seen(&self, j: usize) -> BTreeMap<Key, VersionVector> {
+    /// Brings node `j`'s durable view up to date: what it would still
+    /// have seen after a restart, per key (the versions of its durable log
+    /// entries and what they supersede). A successor the node applied but
+    /// has not made durable does not count (a crash or restart may take it
+    /// away with what it superseded). Durable entries stay until the node
+    /// reopens (trimming releases only entries a durable successor
+    /// covers), so the view grows from where it stood and starts over when
+    /// the node was reopened.
+    fn refresh_durable_view(&mut self, j: usize) {
+        let opened = self.c.restarts(j);
         let s = self.c.node(j).storage();
         let durable = s.durable_lsn();
-        let mut out: BTreeMap<Key, VersionVector> = BTreeMap::new();
-        // A read error leaves what was read so far, as the scan did.
-        let _partial_on_error = s.visit(s.first_retained_lsn(), &mut |lsn, body| {
+        let view = match self.durable_views[j].take() {
+            Some(v) if v.opened == opened => v,
+            _ => DurableView {
+                opened,
+                upto: 0,
+                seen: BTreeMap::new(),
+            },
+        };
+        let DurableView {
+            opened,
+            mut upto,
+            mut seen,
+        } = view;
+        let from = (upto + 1).max(s.first_retained_lsn());
+        // A read error leaves what was read so far; the rest is read at
+        // the next refresh.
+        let _partial_on_error = s.visit(from, &mut |lsn, body| {
             if lsn > durable {
                 return false;
             }
             for v in body.versions() {
-                let vv = out.entry(v.key).or_default();
+                let vv = seen.entry(v.key).or_default();
                 vv.join(&v.context);
                 vv.add(&v.dot);
             }
+            upto = lsn;
             true
         });
-        out
+        self.durable_views[j] = Some(DurableView { opened, upto, seen });
     }
 
     fn write(&mut self, i: usize, ops: &[Op]) -> Result<(), Failure> {
@@ -605,9 +651,16 @@ impl<'p> Runner<'p> {
             match op {
                 Op::Delete { .. } if live => write_ops.push(WriteOp::Delete(key)),
                 Op::Recording { len, .. } => {
-                    let audio: Vec<u8> = (0..*len)
-                        .map(|b| (b as u64 ^ self.writes ^ self.plan.seed) as u8)
-                        .collect();
+                    // Byte b is (b ^ writes ^ seed) as u8: a 256-byte
+                    // period, copied rather than computed byte by byte.
+                    let x = (self.writes ^ self.plan.seed) as u8;
+                    let period: [u8; 256] = std::array::from_fn(|b| b as u8 ^ x);
+                    let len = *len as usize;
+                    let mut audio = Vec::with_capacity(len);
+                    while audio.len() < len {
+                        let n = (len - audio.len()).min(period.len());
+                        audio.extend_from_slice(&period[..n]);
+                    }
                     let blob = match self.c.try_upload_blob(i, &audio) {
                         Ok(b) => b,
                         Err(_) => return Ok(()), // a failed disk refuses it
@@ -633,7 +686,7 @@ impl<'p> Runner<'p> {
                     let dot = v.dot;
                     self.model.record(i, v, now)?;
                     if let Some(w) = self.model.written.get_mut(&dot) {
-                        w.sources.remove(&i);
+                        w.sources.remove(i);
                     }
                 }
                 return Ok(());
