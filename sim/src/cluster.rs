@@ -679,17 +679,13 @@ impl Cluster {
     }
 
     fn record_sent(&mut self, from: usize, to: usize, frame: &[u8]) {
-        if let Ok((Message::Batch(b), _)) = decode_frame(frame, FRAME_PAYLOAD_LEN_MAX) {
+        if let Some(versions) = crate::sent::batch_versions(frame) {
             self.sent.push(SentBatch {
                 at_ms: self.now_ms,
                 from,
                 to,
                 frame_bytes: frame.len(),
-                versions: b
-                    .versions
-                    .iter()
-                    .map(|v| (v.key, v.dot, v.labels.clone()))
-                    .collect(),
+                versions,
             });
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod net;
+pub mod sent;
 pub mod store;
 pub mod swarm;
 

@@ -1724,7 +1724,7 @@ impl<S: Storage> Node<S> {
                         if relayed && item.lsn > durable {
                             break;
                         }
-                        let planted = |v: &&Version| {
+                        let planted = |v: &Version| {
                             if relayed && canary::on(Canary::FilterNotAppliedOnRelay) {
                                 return v.dot.replica != remote || p.echoes(v);
                             }
@@ -1733,9 +1733,13 @@ impl<S: Storage> Node<S> {
                                 && canary::on(Canary::TombstoneNotRelayed))
                                 && wanted(v)
                         };
-                        for v in entry.body.versions().iter().filter(planted) {
-                            bytes += v.size_bytes();
-                            versions.push(v.clone());
+                        // The entry was read for this batch: its versions
+                        // move into it.
+                        for v in entry.body.into_versions() {
+                            if planted(&v) {
+                                bytes += v.size_bytes();
+                                versions.push(v);
+                            }
                         }
                     }
                     next = item.lsn;
