@@ -197,3 +197,40 @@ fn swarm_seed_890_conflict_back_from_an_unconfirmed_entry_is_reported() {
     swarm_passes_in(890, 2);
     swarm_passes_in(890, 3);
 }
+
+/// Engine: node 0 wrote a recording, shipped it before it was durable and
+/// lost it in a crash; node 1 had staged it for its blob. Node 0 then
+/// crashed more than 64 times, so the lost range it announces scrolled off,
+/// and when the blob came node 1 skipped node 0 as the sender: node 0
+/// never got its write back. A staged version now goes back to its sender
+/// when the sender wrote it under an earlier dot origin (it restarted
+/// since). (Generators 2 and 3.)
+#[test]
+fn swarm_seeds_522_640_staged_own_write_goes_back_after_many_crashes() {
+    swarm_passes_in(522, 2);
+    swarm_passes_in(640, 2);
+    swarm_passes_in(522, 3);
+}
+
+/// Engine (found with the fix above): a recording staged from two sources
+/// became whole; the versions were applied in one group per source, and a
+/// later group held a version an earlier one had superseded, which the
+/// apply asserted could not happen. Each group now drops what is seen by
+/// then, or superseded within it. (Generator 5; also 486, and generator-4
+/// seeds 97, 126, 918.)
+#[test]
+fn swarm_seed_3_staged_versions_superseded_across_groups() {
+    swarm_passes_in(3, 5);
+    swarm_passes_in(97, 4);
+}
+
+/// Engine (found with the same fix): while a re-seed was owed, duplicates
+/// of an earlier round's snapshot batches took the receiver past what the
+/// sender's current round had sent; the sender ignored the receiver's
+/// position (an owed re-seed refused any position the stream could not
+/// continue from) and the two went around for ever. A position inside the
+/// owed snapshot is now taken. (Generator 5.)
+#[test]
+fn swarm_seed_973_owed_snapshot_resumes_where_the_receiver_stands() {
+    swarm_passes_in(973, 5);
+}

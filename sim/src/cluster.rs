@@ -908,7 +908,9 @@ impl Cluster {
 fn message_summary(m: &Message) -> String {
     match m {
         Message::Batch(b) => format!(
-            "batch of {}: {}",
+            "batch {:?} -> {:?} of {}: {}",
+            b.prev.pos,
+            b.next.pos,
             b.versions.len(),
             b.versions
                 .iter()

@@ -33,6 +33,7 @@ use crate::policy::{ConflictPolicy, Resolution};
 use crate::record::{BlobRef, Body, Labels, Version};
 use crate::schedule::Schedule;
 use crate::storage::{BlobId, EntryBody, LogEntry, NodeMeta, Storage, StorageError};
+use crate::vv::VersionVector;
 use crate::wire::{
     self, Ack, Batch, BlobChunk, BlobWant, Cursor, FrameError, Hello, Message, Position, Refusal,
 };
@@ -1249,10 +1250,15 @@ impl<S: Storage> Node<S> {
                 p.last_success_ms = Some(now);
                 p.pop_acked(&a.cursor);
             }
-        } else if !stale(p.acked, &a.cursor) && !p.reseed_owed {
+        } else if !stale(p.acked, &a.cursor)
+            && (!p.reseed_owed || in_same_snapshot(p.acked, &a.cursor))
+        {
             // The receiver durably stands somewhere this stream cannot
-            // continue from (it restarted a snapshot, or we did): its
-            // position is the truth; resume from there.
+            // continue from (it restarted a snapshot, or we did, or
+            // duplicates of an earlier round's batches took it past what
+            // this round sent): its position is the truth; resume from
+            // there. While a re-seed is owed, only from within that
+            // snapshot (its log position lies behind what it lost).
             p.stats.resends += 1;
             if let Err(SessionError::Storage(e)) = self.start_outbound(peer, Some(a.cursor)) {
                 self.fail(e);
@@ -2267,21 +2273,47 @@ impl<S: Storage> Node<S> {
         }
         self.blobs_complete.insert(hash);
         // One entry per peer the versions came from, so relaying skips
-        // each version's own sender only while it is up as the incarnation
-        // that sent them. Any other (wiped or rolled back since, or not
-        // known while the link is down) may not hold them: the snapshot it
-        // was seeded with has no staged versions.
+        // each version's own sender only while it surely holds them: it is
+        // up as the log that sent them, and a version it wrote itself is of
+        // its current dot origin. Any other may not: a sender wiped or
+        // rolled back since was seeded by a snapshot, which has no staged
+        // versions; one that restarted may have lost its own write before
+        // it was durable, and the range it announces as lost may have
+        // scrolled off since; and while the link is down nothing is known.
+        // (A duplicate is ignored.)
         let mut by_source: BTreeMap<(NodeId, bool), Vec<Version>> = BTreeMap::new();
         for (from, from_log, v) in self.staged.remove(&hash).unwrap_or_default() {
             if !self.keys.get(&v.key).is_some_and(|s| s.has_seen(&v.dot)) {
-                let same = self.peers.get(&from).is_some_and(
-                    |p| matches!(p.link, Link::Up { remote_log, .. } if remote_log == from_log),
-                );
-                by_source.entry((from, !same)).or_default().push(v);
+                let holds = self.peers.get(&from).is_some_and(|p| match p.link {
+                    Link::Up {
+                        remote_log,
+                        remote_replica,
+                    } => {
+                        remote_log == from_log
+                            && (v.origin != from || v.dot.replica == remote_replica)
+                    }
+                    _ => false,
+                });
+                by_source.entry((from, !holds)).or_default().push(v);
             }
         }
         self.fetches.remove(&hash);
-        for ((from, restarted), versions) in by_source {
+        for ((from, restarted), mut versions) in by_source {
+            // An earlier group may have applied a successor of one of
+            // these, or one of them may supersede another.
+            let successors: Vec<(Key, VersionVector)> = versions
+                .iter()
+                .map(|v| (v.key, v.context.clone()))
+                .collect();
+            versions.retain(|v| {
+                !self.keys.get(&v.key).is_some_and(|s| s.has_seen(&v.dot))
+                    && !successors
+                        .iter()
+                        .any(|(k, ctx)| *k == v.key && ctx.covers(&v.dot))
+            });
+            if versions.is_empty() {
+                continue;
+            }
             let body = EntryBody::BlobReady {
                 from,
                 hash,
@@ -2465,6 +2497,20 @@ fn stale(acked: Option<Cursor>, pos: &Cursor) -> bool {
     acked.is_some_and(|a| {
         a.replica == pos.replica && matches!(pos.pos.partial_order(&a.pos), Some(Less | Equal))
     })
+}
+
+/// Whether `pos` is a position of the snapshot `acked` stands in.
+fn in_same_snapshot(acked: Option<Cursor>, pos: &Cursor) -> bool {
+    match (acked, pos.pos) {
+        (
+            Some(Cursor {
+                replica,
+                pos: Position::Snapshot { at_lsn: a, .. },
+            }),
+            Position::Snapshot { at_lsn: b, .. },
+        ) => replica == pos.replica && a == b,
+        _ => false,
+    }
 }
 
 /// Whether `pos` lies between what was acknowledged and what was sent.
