@@ -83,6 +83,16 @@ impl EntryBody {
         }
     }
 
+    /// When the entry's newest version was written (its HLC wall time; 0
+    /// for none): what a backlog's oldest-pending age counts from.
+    pub fn written_at_ms(&self) -> u64 {
+        self.versions()
+            .iter()
+            .map(|v| v.hlc.wall_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The peer a backlog rebuilt from the log (at open, at a session
     /// start, for a peer added live) does not send the entry back to: the
     /// sender of a `Remote` entry. A `BlobReady` entry names none: its

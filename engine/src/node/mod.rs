@@ -413,8 +413,9 @@ impl<S: Storage> Node<S> {
                 p.recv_cursor_lsn = entry.lsn;
             }
         }
-        let at = versions.iter().map(|v| v.hlc.wall_ms).max().unwrap_or(0);
-        self.push_backlogs(entry.lsn, versions, entry.body.relay_skip(), at);
+        for p in self.peers.values_mut() {
+            push_entry_backlog(p, &entry);
+        }
         self.trim_candidates.insert(entry.lsn);
         // The state the entry left: no reports (they went out when it was
         // first applied), and the versions move out of the entry.
@@ -1089,15 +1090,8 @@ impl<S: Storage> Node<S> {
             p.backlog.clear();
         }
         self.for_each_entry(after_lsn + 1, |node, e| {
-            let at = e
-                .body
-                .versions()
-                .iter()
-                .map(|v| v.hlc.wall_ms)
-                .max()
-                .unwrap_or(0);
             if let Some(p) = node.peers.get_mut(&peer) {
-                push_backlog(p, e.lsn, e.body.versions(), e.body.relay_skip(), at);
+                push_entry_backlog(p, &e);
             }
         })
     }
@@ -2580,6 +2574,19 @@ fn push_backlog(p: &mut Peer, lsn: Lsn, versions: &[Version], from: Option<NodeI
             written_at_ms: at_ms,
         });
     }
+}
+
+/// Adds a log entry read back from the log (a replay or a rebuild) to one
+/// peer's backlog.
+fn push_entry_backlog(p: &mut Peer, e: &LogEntry) {
+    let body = &e.body;
+    push_backlog(
+        p,
+        e.lsn,
+        body.versions(),
+        body.relay_skip(),
+        body.written_at_ms(),
+    );
 }
 
 /// Helper for configs in tests and the harness.

@@ -142,14 +142,7 @@ impl<S: Storage> Node<S> {
                     p.recv_cursor_lsn = e.lsn;
                 }
             }
-            let at = e
-                .body
-                .versions()
-                .iter()
-                .map(|v| v.hlc.wall_ms)
-                .max()
-                .unwrap_or(0);
-            super::push_backlog(p, e.lsn, e.body.versions(), e.body.relay_skip(), at);
+            super::push_entry_backlog(p, &e);
         })
     }
 }
