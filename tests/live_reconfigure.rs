@@ -226,3 +226,77 @@ fn a_peer_added_back_is_asked_only_for_what_we_lack() {
     assert!(c.digests_equal(&[0, 1]));
     assert_eq!(sent(&c, 1, 0) - first, 10);
 }
+
+#[test]
+fn an_edited_peer_stays_paused_and_keeps_its_position() {
+    let mut c = ClusterBuilder::new(9, 2).one_way(0, 1).build();
+    let k1 = c.put(0, key(1), labels("user"), b"x");
+    c.run_until_settled(60_000).unwrap();
+    assert!(c.node_mut(0).pause_peer(node_id(1)));
+    let acked = c.node(0).peer_acked(&node_id(1));
+    let mut peers = c.node_config(0).peers.clone();
+    peers[0].bandwidth_bytes_per_s = Some(1_000_000);
+    let changed = c.set_peers(0, peers).unwrap();
+    assert_eq!(changed.changed, vec![node_id(1)]);
+    assert!(c.events(0).iter().any(|e| matches!(
+        e,
+        Event::PeerDown {
+            why: SessionEnd::Reconfigured,
+            ..
+        }
+    )));
+    let status = c.node(0).peer_status(&node_id(1)).unwrap();
+    assert!(status.paused, "the edit does not resume a paused peer");
+    assert_eq!(c.node(0).peer_acked(&node_id(1)), acked);
+    assert_eq!(c.node(0).copies(&key(1), &k1.dots[0]).len(), 2);
+    c.put(0, key(2), labels("user"), b"while paused");
+    c.run_for(10_000);
+    assert!(c.node(1).get(&key(2)).is_none());
+    let now = c.now_ms();
+    c.node_mut(0).resume_peer(now, node_id(1));
+    c.run_until_settled(60_000).unwrap();
+    assert!(c.node(1).get(&key(2)).is_some());
+}
+
+#[test]
+fn a_peer_added_back_keeps_its_durable_acknowledgement() {
+    let mut c = ClusterBuilder::new(10, 2).one_way(0, 1).build();
+    let w = c.put(0, key(1), labels("user"), b"x");
+    c.run_until_settled(60_000).unwrap();
+    c.node_mut(0).trim_log().unwrap();
+    assert!(c.node(0).copies(&key(1), &w.dots[0]).contains(&node_id(1)));
+    let original = c.node_config(0).peers.clone();
+    c.crash(1);
+    c.set_peers(0, Vec::new()).unwrap();
+    c.set_peers(0, original).unwrap();
+    // B is down: what A knows of its copies comes from the position B
+    // acknowledged durably before it was removed.
+    assert!(c.node(0).copies(&key(1), &w.dots[0]).contains(&node_id(1)));
+}
+
+#[test]
+fn an_added_peer_resumes_from_our_durable_position_in_its_log() {
+    // A receives from B; B's last batch is applied at A but not durable
+    // when A drops B and takes it back: A must ask for it again.
+    let mut c = ClusterBuilder::new(11, 2)
+        .one_way(1, 0)
+        .explicit_sync()
+        .build();
+    for n in 0..5 {
+        c.put(1, key(n), labels("user"), b"from B");
+    }
+    c.sync_storage(1);
+    c.run_for(2_000);
+    assert_eq!(c.node(0).keys().count(), 5, "applied at A, not synced");
+    let before = sent(&c, 1, 0);
+    let original = c.node_config(0).peers.clone();
+    c.set_peers(0, Vec::new()).unwrap();
+    c.set_peers(0, original).unwrap();
+    c.run_until_settled_syncing(60_000).unwrap();
+    assert!(c.digests_equal(&[0, 1]));
+    assert_eq!(
+        sent(&c, 1, 0) - before,
+        5,
+        "the batch not durable at A came again"
+    );
+}

@@ -815,7 +815,8 @@ fn standing_conflicts_are_reported_again_at_open() {
     c.restart(0);
     let again = c.events(0)[before..].iter().any(|e| match e {
         Event::Conflict(r) => {
-            r.key == key(1)
+            r.at_open
+                && r.key == key(1)
                 && r.versions.iter().any(|v| v.dot == a)
                 && r.versions.iter().any(|v| v.dot == b)
         }
@@ -831,4 +832,45 @@ fn standing_conflicts_are_reported_again_at_open() {
     assert!(!c.events(0)[before..]
         .iter()
         .any(|e| matches!(e, Event::Conflict(r) if r.key == key(2))));
+}
+
+/// Review: a batch listing a version after its successor (a crafted frame,
+/// or a sender that orders them so) made the receiver apply the successor
+/// first and then assert that the superseded one was unseen: a panic from
+/// network input. A batch now drops what another of its versions
+/// supersedes.
+#[test]
+fn a_batch_listing_a_version_after_its_successor_is_applied_safely() {
+    use recsync_engine::wire::{encode_frame, Batch, Cursor, Message, Position};
+    let mut c = ClusterBuilder::new(31, 2)
+        .one_way(0, 1)
+        .peer(0, 1, |p| p.schedule = Schedule::Manual)
+        .build();
+    c.put(0, key(1), labels("user"), b"first");
+    let first = c.node(0).get(&key(1)).unwrap().siblings[0].clone();
+    c.put(0, key(1), labels("user"), b"second");
+    let second = c.node(0).get(&key(1)).unwrap().siblings[0].clone();
+    assert!(second.supersedes(&first));
+    c.run_for(2_000);
+    assert!(
+        c.node(1).get(&key(1)).is_none(),
+        "nothing sent before sync now"
+    );
+    let replica = c.node(0).log_id();
+    let at = |after| Cursor {
+        replica,
+        pos: Position::Snapshot {
+            at_lsn: 1_000,
+            after,
+        },
+    };
+    let crafted = Batch {
+        prev: at(None),
+        next: at(Some(key(1))),
+        versions: vec![second.clone(), first],
+    };
+    c.inject(1, 0, &encode_frame(&Message::Batch(crafted)))
+        .unwrap();
+    let view = c.node(1).get(&key(1)).unwrap();
+    assert_eq!(view.siblings, vec![second]);
 }

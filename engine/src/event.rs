@@ -17,6 +17,9 @@ pub enum SessionEnd {
     BadFrame(FrameError),
     /// The peer was removed from the configuration (`Node::set_peers`).
     Removed,
+    /// The peer's settings changed (`Node::set_peers`); a new session
+    /// starts under them.
+    Reconfigured,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

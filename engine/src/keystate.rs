@@ -44,6 +44,10 @@ pub struct ConflictReport {
     /// for the application (manual policy).
     pub winner: Option<Dot>,
     pub resolution: Resolution,
+    /// Reported again when the node opened (the conflict stands; it may
+    /// have been reported before the restart, or never, if the version
+    /// came back from an entry whose write was not confirmed).
+    pub at_open: bool,
 }
 
 impl ConflictReport {
@@ -165,6 +169,7 @@ impl KeyState {
             versions: self.siblings.iter().map(|s| s.version.clone()).collect(),
             winner,
             resolution,
+            at_open: false,
         })
     }
 
@@ -186,6 +191,7 @@ impl KeyState {
             versions: self.siblings.iter().map(|s| s.version.clone()).collect(),
             winner,
             resolution,
+            at_open: true,
         })
     }
 

@@ -33,7 +33,6 @@ use crate::policy::{ConflictPolicy, Resolution};
 use crate::record::{BlobRef, Body, Labels, Version};
 use crate::schedule::Schedule;
 use crate::storage::{BlobId, EntryBody, LogEntry, NodeMeta, Storage, StorageError};
-use crate::vv::VersionVector;
 use crate::wire::{
     self, Ack, Batch, BlobChunk, BlobWant, Cursor, FrameError, Hello, Message, Position, Refusal,
 };
@@ -1155,6 +1154,8 @@ impl<S: Storage> Node<S> {
                     && taken.insert(v.dot)
             })
             .partition(|v| self.blob_ready(v) || canary::on(Canary::RecordingAppliedBeforeBlob));
+        let mut versions = versions;
+        drop_superseded_within(&mut versions);
         let body = EntryBody::Remote {
             from: peer,
             versions,
@@ -2295,16 +2296,8 @@ impl<S: Storage> Node<S> {
         for ((from, restarted), mut versions) in by_source {
             // An earlier group may have applied a successor of one of
             // these, or one of them may supersede another.
-            let successors: Vec<(Key, VersionVector)> = versions
-                .iter()
-                .map(|v| (v.key, v.context.clone()))
-                .collect();
-            versions.retain(|v| {
-                !self.keys.get(&v.key).is_some_and(|s| s.has_seen(&v.dot))
-                    && !successors
-                        .iter()
-                        .any(|(k, ctx)| *k == v.key && ctx.covers(&v.dot))
-            });
+            versions.retain(|v| !self.keys.get(&v.key).is_some_and(|s| s.has_seen(&v.dot)));
+            drop_superseded_within(&mut versions);
             if versions.is_empty() {
                 continue;
             }
@@ -2574,6 +2567,34 @@ fn push_backlog(p: &mut Peer, lsn: Lsn, versions: &[Version], from: Option<NodeI
             written_at_ms: at_ms,
         });
     }
+}
+
+/// Drops every version that one listed before it in `versions`
+/// supersedes: applied in order, it would find itself seen already (a
+/// sender may list a version after its successor, by design or by malice).
+/// A version listed before its successor stays: it is applied, then
+/// superseded, as if the two had come in two batches.
+fn drop_superseded_within(versions: &mut Vec<Version>) {
+    let mut keys: Vec<Key> = versions.iter().map(|v| v.key).collect();
+    keys.sort_unstable();
+    if keys.windows(2).all(|w| w[0] != w[1]) {
+        return;
+    }
+    let superseded: Vec<bool> = versions
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            versions[..i]
+                .iter()
+                .any(|w| w.key == v.key && w.supersedes(v))
+        })
+        .collect();
+    let mut index = 0;
+    versions.retain(|_| {
+        let keep = !superseded[index];
+        index += 1;
+        keep
+    });
 }
 
 /// Adds a log entry read back from the log (a replay or a rebuild) to one

@@ -13,8 +13,8 @@
 use super::{Node, Output};
 use crate::config::{ConfigError, PeerConfig};
 use crate::event::{Event, SessionEnd};
-use crate::ids::NodeId;
-use crate::peer::{Link, Peer};
+use crate::ids::{Lsn, NodeId};
+use crate::peer::{Link, Peer, PeerStats};
 use crate::storage::{EntryBody, Storage, StorageError};
 use crate::wire::{Cursor, Position};
 use std::collections::BTreeMap;
@@ -30,6 +30,39 @@ pub enum ReconfigureError {
     /// on any storage error) and must be reopened.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+}
+
+/// What an edited peer keeps across its restart.
+struct Kept {
+    paused: bool,
+    sync_upto: Lsn,
+    acked: Option<Cursor>,
+    last_success_ms: Option<u64>,
+    stats: PeerStats,
+}
+
+impl Kept {
+    fn of(p: &Peer) -> Self {
+        Self {
+            paused: p.paused,
+            sync_upto: p.sync_upto,
+            acked: p.acked,
+            last_success_ms: p.last_success_ms,
+            stats: p.stats,
+        }
+    }
+
+    fn restore(&self, p: &mut Peer) {
+        p.paused = self.paused;
+        p.sync_upto = self.sync_upto;
+        // What the peer acknowledged it holds durably; at least as far as
+        // the position the log's metadata keeps.
+        if self.acked.is_some() {
+            p.acked = self.acked;
+        }
+        p.last_success_ms = self.last_success_ms;
+        p.stats = self.stats;
+    }
 }
 
 /// What a reconfiguration changed, by peer.
@@ -78,14 +111,29 @@ impl<S: Storage> Node<S> {
             .filter(|p| change.added.contains(&p.node) || change.changed.contains(&p.node))
             .cloned()
             .collect();
-        for id in change.removed.iter().chain(&change.changed) {
-            self.drop_peer(*id);
+        // An edited peer keeps what the operator and the peer told us:
+        // paused or not, a pending sync now, its acknowledged position,
+        // its last success and its counters.
+        let kept: BTreeMap<NodeId, Kept> = change
+            .changed
+            .iter()
+            .filter_map(|id| self.peers.get(id).map(|p| (*id, Kept::of(p))))
+            .collect();
+        for id in &change.removed {
+            self.drop_peer(*id, SessionEnd::Removed);
+        }
+        for id in &change.changed {
+            self.drop_peer(*id, SessionEnd::Reconfigured);
         }
         self.cfg = cfg;
         for pc in starting {
+            let id = pc.node;
             if let Err(e) = self.start_peer(pc) {
                 self.fail(e.clone());
                 return Err(ReconfigureError::Storage(e));
+            }
+            if let (Some(k), Some(p)) = (kept.get(&id), self.peers.get_mut(&id)) {
+                k.restore(p);
             }
         }
         self.pump_all();
@@ -93,7 +141,7 @@ impl<S: Storage> Node<S> {
     }
 
     /// Ends the session with `id` and forgets the peer.
-    fn drop_peer(&mut self, id: NodeId) {
+    fn drop_peer(&mut self, id: NodeId, why: SessionEnd) {
         let Some(p) = self.peers.get(&id) else {
             return;
         };
@@ -104,10 +152,7 @@ impl<S: Storage> Node<S> {
         self.link_down(id, None);
         self.peers.remove(&id);
         if was_up {
-            self.push_event(Event::PeerDown {
-                peer: id,
-                why: SessionEnd::Removed,
-            });
+            self.push_event(Event::PeerDown { peer: id, why });
         }
         // Blobs fetched from it turn to another source at once.
         let now = self.now_ms;
