@@ -176,10 +176,24 @@ pub enum FrameError {
     Malformed { detail: String },
 }
 
+impl Message {
+    /// About how many bytes the message encodes to (at least), so the
+    /// frame's buffer is allocated once.
+    fn encoded_len_hint(&self) -> usize {
+        match self {
+            Message::Batch(b) => 96 + b.versions.iter().map(|v| v.size_bytes()).sum::<usize>(),
+            Message::BlobChunk(c) => 96 + c.data.len(),
+            _ => 128,
+        }
+    }
+}
+
 /// Encodes one message as a frame.
 pub fn encode_frame(msg: &Message) -> Vec<u8> {
     // The payload is written after room for the header: no second copy.
-    let mut out = match postcard::to_extend(msg, vec![0u8; FRAME_HEADER_LEN]) {
+    let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + msg.encoded_len_hint());
+    buf.resize(FRAME_HEADER_LEN, 0);
+    let mut out = match postcard::to_extend(msg, buf) {
         Ok(p) => p,
         Err(e) => unreachable!("in-memory serialisation of a message cannot fail: {e}"),
     };
