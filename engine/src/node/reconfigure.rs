@@ -4,11 +4,13 @@
 //!
 //! The peers that stay as they were keep their sessions untouched. A
 //! removed peer's session is closed and it no longer holds back trimming
-//! (SPEC §4: removing a peer releases what it held back). An added peer,
-//! or one whose settings changed, starts exactly as it would after a
-//! restart with the new list: from the position it durably acknowledged,
-//! with its backlog and our resume point in its log read from the
-//! retained log.
+//! (SPEC §4: removing a peer releases what it held back). An added peer
+//! starts as it would after a restart with the new list: from the position
+//! it durably acknowledged, with its backlog and our durable resume point
+//! in its log read from the retained log. A peer whose settings changed
+//! starts a new session the same way, and keeps what a restart would not
+//! lose for no reason: paused or not, a pending sync now, the position it
+//! acknowledged, its last success and its counters.
 
 use super::{Node, Output};
 use crate::config::{ConfigError, PeerConfig};
