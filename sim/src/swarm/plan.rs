@@ -172,6 +172,14 @@ pub enum Action {
         a: usize,
         b: usize,
     },
+    /// Edits node a's settings for peer b live, or puts the original back:
+    /// `what` 0 toggles a bandwidth cap, 1 the schedule (continuous with a
+    /// half-second linger instead of the original).
+    EditPeer {
+        a: usize,
+        b: usize,
+        what: u8,
+    },
 }
 
 impl Action {
@@ -207,6 +215,7 @@ impl Action {
             } => "disk short read",
             Action::TogglePeer { .. } => "peer removed/added",
             Action::SetPeers { .. } => "peer removed/added live",
+            Action::EditPeer { .. } => "peer edited live",
             _ => return None,
         })
     }
@@ -227,7 +236,8 @@ impl Action {
             Action::Block { from: a, to: b }
             | Action::Cut { a, b }
             | Action::TogglePeer { a, b }
-            | Action::SetPeers { a, b } => vec![*a, *b],
+            | Action::SetPeers { a, b }
+            | Action::EditPeer { a, b, .. } => vec![*a, *b],
             Action::Heal => Vec::new(),
         }
     }
@@ -340,11 +350,13 @@ const RECORDING_LEN_MAX: f64 = 400_000.0;
 /// swarm mode, and recording lengths log-uniform in both modes (most
 /// recordings short, a few of many chunks) instead of uniform, which moves
 /// a fifth of the bytes; 5: in both modes, most peer changes are made
-/// live (`Node::set_peers`) rather than by restarting both nodes.
-pub const GENERATOR_LATEST: u8 = 5;
+/// live (`Node::set_peers`) rather than by restarting both nodes; 6: in
+/// both modes, some peer changes edit a peer's bandwidth cap or schedule
+/// live instead.
+pub const GENERATOR_LATEST: u8 = 6;
 /// What `recsync-sim` and CI draw by default: the newest generator whose
 /// seed ranges pass.
-pub const GENERATOR_DEFAULT: u8 = 5;
+pub const GENERATOR_DEFAULT: u8 = 6;
 
 /// The divergent-writes table (the engine-core acceptance scenario) as the
 /// opening of a run, on user keys 1..8 between nodes 0 (A) and 1 (B):
@@ -532,6 +544,7 @@ impl Plan {
         // draws of later generators are swarm knobs.
         let g4 = generator >= 4;
         let g5 = generator >= 5;
+        let g6 = generator >= 6;
         let generator = if swarm { generator } else { 1 };
         let g2 = generator >= 2;
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_5157);
@@ -641,7 +654,13 @@ impl Plan {
             } else if take(mix.trim) {
                 Action::TrimCompact { node }
             } else if take(mix.toggle) && n > 1 {
-                if g5 && rng.gen_bool(0.8) {
+                if g6 && rng.gen_bool(0.4) {
+                    Action::EditPeer {
+                        a: node,
+                        b: other,
+                        what: rng.gen_range(0..2),
+                    }
+                } else if g5 && rng.gen_bool(0.8) {
                     Action::SetPeers { a: node, b: other }
                 } else {
                     Action::TogglePeer { a: node, b: other }

@@ -495,6 +495,41 @@ impl<'p> Runner<'p> {
                     }
                 }
             }
+            Action::EditPeer { a: x, b: y, what } => {
+                let (x, id) = (*x, crate::cluster::node_id(*y));
+                let original = self.original[x]
+                    .peers
+                    .iter()
+                    .find(|p| p.node == id)
+                    .cloned();
+                let mut peers = self.c.node_config(x).peers.clone();
+                let (Some(original), Some(p)) = (original, peers.iter_mut().find(|p| p.node == id))
+                else {
+                    // Not linked now: nothing to edit.
+                    return Ok(());
+                };
+                if *what == 0 {
+                    p.bandwidth_bytes_per_s =
+                        if p.bandwidth_bytes_per_s == original.bandwidth_bytes_per_s {
+                            match original.bandwidth_bytes_per_s {
+                                Some(_) => None,
+                                None => Some(200_000),
+                            }
+                        } else {
+                            original.bandwidth_bytes_per_s
+                        };
+                } else {
+                    p.schedule = if p.schedule == original.schedule {
+                        Schedule::Continuous { linger_ms: 500 }
+                    } else {
+                        original.schedule.clone()
+                    };
+                }
+                self.reconfigured_live[x] = true;
+                if let Err(ReconfigureError::Config(e)) = self.c.set_peers(x, peers) {
+                    panic!("node {x}: the simulator built a bad peer list: {e}");
+                }
+            }
             Action::TogglePeer {
                 a: first,
                 b: second,
