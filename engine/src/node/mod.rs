@@ -2575,20 +2575,17 @@ fn push_backlog(p: &mut Peer, lsn: Lsn, versions: &[Version], from: Option<NodeI
 /// A version listed before its successor stays: it is applied, then
 /// superseded, as if the two had come in two batches.
 fn drop_superseded_within(versions: &mut Vec<Version>) {
-    let mut keys: Vec<Key> = versions.iter().map(|v| v.key).collect();
-    keys.sort_unstable();
-    if keys.windows(2).all(|w| w[0] != w[1]) {
+    let superseded_at = |i: usize| {
+        let v = &versions[i];
+        versions[..i]
+            .iter()
+            .any(|w| w.key == v.key && w.supersedes(v))
+    };
+    // The usual batch has none: no allocation then.
+    if !(0..versions.len()).any(superseded_at) {
         return;
     }
-    let superseded: Vec<bool> = versions
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            versions[..i]
-                .iter()
-                .any(|w| w.key == v.key && w.supersedes(v))
-        })
-        .collect();
+    let superseded: Vec<bool> = (0..versions.len()).map(superseded_at).collect();
     let mut index = 0;
     versions.retain(|_| {
         let keep = !superseded[index];

@@ -10,8 +10,8 @@ use crate::net::NetConfig;
 use recsync_engine::disk::{CrashMode, SimFaults};
 use recsync_engine::seglog::{Durability, LogOptions};
 use recsync_engine::{
-    ConflictPolicy, Dot, Event, Key, Lsn, Name, NodeConfig, ReconfigureError, Schedule, Storage,
-    VersionVector, Window, WriteError, WriteOp,
+    ConflictPolicy, Dot, Event, Key, Lsn, Name, NodeConfig, PeerConfig, ReconfigureError, Schedule,
+    Storage, VersionVector, Window, WriteError, WriteOp,
 };
 use std::collections::BTreeMap;
 
@@ -525,10 +525,7 @@ impl<'p> Runner<'p> {
                         original.schedule.clone()
                     };
                 }
-                self.reconfigured_live[x] = true;
-                if let Err(ReconfigureError::Config(e)) = self.c.set_peers(x, peers) {
-                    panic!("node {x}: the simulator built a bad peer list: {e}");
-                }
+                self.set_peers_live(x, peers);
             }
             Action::TogglePeer {
                 a: first,
@@ -562,11 +559,7 @@ impl<'p> Runner<'p> {
                     }
                     self.reconfigured_live[x] = live;
                     if live {
-                        // A storage failure while reading the log fails
-                        // the node, as any would; the heal restarts it.
-                        if let Err(ReconfigureError::Config(e)) = self.c.set_peers(x, peers) {
-                            panic!("node {x}: the simulator built a bad peer list: {e}");
-                        }
+                        self.set_peers_live(x, peers);
                         continue;
                     }
                     self.clear_disk_faults(x);
@@ -578,6 +571,16 @@ impl<'p> Runner<'p> {
             }
         }
         Ok(())
+    }
+
+    /// Replaces node `x`'s peer list live (`Node::set_peers`). A storage
+    /// failure while reading the log fails the node, as any would; the
+    /// heal restarts it. The simulator only builds valid lists.
+    fn set_peers_live(&mut self, x: usize, peers: Vec<PeerConfig>) {
+        self.reconfigured_live[x] = true;
+        if let Err(ReconfigureError::Config(e)) = self.c.set_peers(x, peers) {
+            panic!("node {x}: the simulator built a bad peer list: {e}");
+        }
     }
 
     /// Writes that lived durably only on a node being wiped may be gone:
@@ -806,9 +809,7 @@ impl<'p> Runner<'p> {
             if self.c.node(i).config().peers != self.original[i].peers {
                 let peers = self.original[i].peers.clone();
                 if self.reconfigured_live[i] {
-                    if let Err(ReconfigureError::Config(e)) = self.c.set_peers(i, peers) {
-                        panic!("node {i}: the original peer list is refused: {e}");
-                    }
+                    self.set_peers_live(i, peers);
                 } else {
                     self.forget_pending(i);
                     self.c.reconfigure(i, |cfg| cfg.peers = peers);
