@@ -152,6 +152,11 @@ fn message(rng: &mut ChaCha8Rng) -> Message {
         }),
         2 => Message::Ack(Ack {
             cursor: cursor(rng),
+            head: rng.gen(),
+            pending_for_you: rng.gen(),
+            staged: rng.gen(),
+            stable: rng.gen(),
+            view: rng.gen(),
         }),
         _ => Message::Refuse(
             [

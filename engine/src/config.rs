@@ -121,6 +121,12 @@ pub struct NodeConfig {
     pub peers: Vec<PeerConfig>,
     pub limits: Limits,
     pub timing: Timing,
+    /// Purge tombstones once they are stable (SPEC §4; ARCHITECTURE.md,
+    /// "Tombstone purge"). Needs every peer two-way and unfiltered, and
+    /// the peer list to be the whole cluster; off by default, when
+    /// tombstones stay for as long as their key exists. Also makes this
+    /// node ship its own writes only once they are durable.
+    pub tombstone_purge: bool,
 }
 
 /// A configuration that cannot be used.
@@ -137,6 +143,10 @@ pub enum ConfigError {
     ZeroBandwidth(NodeId),
     #[error("classes: at least one class is needed")]
     NoClasses,
+    #[error(
+        "peers.{0}: tombstone_purge needs every peer two-way (send and receive) and unfiltered"
+    )]
+    PurgeNeedsFullMesh(NodeId),
     #[error("limits.{field}: {why}")]
     BadLimit {
         field: &'static str,
@@ -164,6 +174,7 @@ impl NodeConfig {
             peers: Vec::new(),
             limits: Limits::default(),
             timing: Timing::default(),
+            tombstone_purge: false,
         }
     }
 
@@ -181,6 +192,9 @@ impl NodeConfig {
             }
             if p.bandwidth_bytes_per_s == Some(0) {
                 return Err(ConfigError::ZeroBandwidth(p.node));
+            }
+            if self.tombstone_purge && !(p.send && p.receive && p.filter == Filter::all()) {
+                return Err(ConfigError::PurgeNeedsFullMesh(p.node));
             }
         }
         if self.classes.is_empty() {

@@ -38,6 +38,11 @@ pub enum Event {
     /// A blob fetched from `from` did not match its hash and was discarded;
     /// the recording stays staged and is fetched again later.
     BlobRejected { from: NodeId, hash: [u8; 32] },
+    /// These keys' deletes are stable on every member and their tombstones
+    /// were purged here (each with the purged tombstone's dot): the keys
+    /// read as absent from now on, and no version written before the
+    /// delete can still arrive.
+    TombstonesPurged { keys: Vec<(Key, Dot)> },
     /// The event queue was full; this many older events were dropped.
     EventsDropped { count: u64 },
 }

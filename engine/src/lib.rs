@@ -22,6 +22,7 @@ pub mod record;
 pub mod rto;
 pub mod schedule;
 pub mod seglog;
+pub mod stability;
 pub mod storage;
 pub mod vv;
 pub mod wire;
@@ -34,8 +35,8 @@ pub use hlc::Hlc;
 pub use ids::{ClusterId, Dot, Key, Lsn, NodeId, ReplicaId};
 pub use keystate::{ConflictReport, KeyState};
 pub use node::{
-    Node, ObjectView, OpenError, Output, PeersChanged, PutRequest, ReconfigureError, SessionError,
-    WriteError, WriteOp, WriteReceipt,
+    Node, ObjectView, OpenError, Output, PeerPurgeStatus, PeersChanged, PurgeStatus, PutRequest,
+    ReconfigureError, SessionError, WriteError, WriteOp, WriteReceipt,
 };
 pub use peer::PeerStatus;
 pub use policy::{ConflictPolicy, Resolution};

@@ -6,6 +6,7 @@ use crate::blobs::Serve;
 use crate::config::PeerConfig;
 use crate::ids::{Lsn, ReplicaId};
 use crate::rto::Rto;
+use crate::stability::PeerStability;
 use crate::wire::{Cursor, FrameDecoder, Position};
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
@@ -196,6 +197,8 @@ pub struct Peer {
     pub serving: BTreeMap<[u8; 32], Serve>,
     /// The link's round trip and retransmission timeout.
     pub rto: Rto,
+    /// What its acknowledgements tell about tombstone stability.
+    pub stability: PeerStability,
     /// Counters, for status and tests.
     pub stats: PeerStats,
 }
@@ -275,6 +278,7 @@ impl Peer {
             reseed_owed: false,
             serving: BTreeMap::new(),
             rto: Rto::default(),
+            stability: PeerStability::default(),
             stats: PeerStats::default(),
         }
     }

@@ -7,8 +7,9 @@
 //! is reported, not assumed: `durable_lsn` says how far a crash cannot reach,
 //! and the core never acknowledges past it.
 
-use crate::ids::{ClusterId, Lsn, NodeId, ReplicaId};
+use crate::ids::{ClusterId, Key, Lsn, NodeId, ReplicaId};
 use crate::record::Version;
+use crate::vv::VersionVector;
 use crate::wire::Cursor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -40,6 +41,11 @@ pub struct NodeMeta {
     /// treated as rolled back (restored from a backup) and re-seeded by
     /// snapshot, since the entries in between may be gone.
     pub peer_acked: BTreeMap<NodeId, Lsn>,
+    /// Tombstones in our log at or below this position are stable: no
+    /// version written without knowledge of them can still arrive (see
+    /// `crate::stability`). Reported to peers only once persisted here,
+    /// so it never goes back.
+    pub stable_lsn: Lsn,
 }
 
 /// One log entry's content.
@@ -62,6 +68,16 @@ pub enum EntryBody {
         hash: [u8; 32],
         versions: Vec<Version>,
     },
+    /// Keys whose only standing version, a stable tombstone, was purged:
+    /// each with everything it had seen. A replay drops a key's state when
+    /// this entry covers it, so versions in older entries still retained do
+    /// not come back. `upto` is the highest LSN of an entry that held one
+    /// of the tombstones: once no entry at or below it is retained, this
+    /// one is released too.
+    Purged {
+        upto: Lsn,
+        keys: Vec<(Key, VersionVector)>,
+    },
 }
 
 impl EntryBody {
@@ -71,6 +87,7 @@ impl EntryBody {
             EntryBody::Local { versions }
             | EntryBody::Remote { versions, .. }
             | EntryBody::BlobReady { versions, .. } => versions,
+            EntryBody::Purged { .. } => &[],
         }
     }
 
@@ -80,6 +97,7 @@ impl EntryBody {
             EntryBody::Local { versions }
             | EntryBody::Remote { versions, .. }
             | EntryBody::BlobReady { versions, .. } => versions,
+            EntryBody::Purged { .. } => Vec::new(),
         }
     }
 
@@ -102,14 +120,16 @@ impl EntryBody {
     pub fn relay_skip(&self) -> Option<NodeId> {
         match self {
             EntryBody::Remote { from, .. } => Some(*from),
-            EntryBody::Local { .. } | EntryBody::BlobReady { .. } => None,
+            EntryBody::Local { .. } | EntryBody::BlobReady { .. } | EntryBody::Purged { .. } => {
+                None
+            }
         }
     }
 
     /// The peer the entry's versions came from (none for local writes).
     pub fn source(&self) -> Option<NodeId> {
         match self {
-            EntryBody::Local { .. } => None,
+            EntryBody::Local { .. } | EntryBody::Purged { .. } => None,
             EntryBody::Remote { from, .. } | EntryBody::BlobReady { from, .. } => Some(*from),
         }
     }

@@ -116,10 +116,41 @@ pub struct Batch {
     pub versions: Vec<Version>,
 }
 
-/// The receiver has durably applied everything up to `cursor`.
+/// The receiver has durably applied everything up to `cursor`. The other
+/// fields are what tombstone purging needs from the receiver (see
+/// `crate::stability`); a receiver that does not purge still fills them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     pub cursor: Cursor,
+    /// The receiver's own log head (its last LSN) when it acknowledged.
+    pub head: Lsn,
+    /// The last position in the receiver's log that holds something for
+    /// the sender and the sender has not acknowledged (0: none; `Lsn::MAX`:
+    /// unknown, e.g. a snapshot is owed).
+    pub pending_for_you: Lsn,
+    /// Versions the receiver held staged (waiting for a blob) then.
+    pub staged: u32,
+    /// The receiver's persisted stability point in its own log: every
+    /// tombstone it holds at or below it can no longer meet a version
+    /// written without knowledge of it (0 when it does not purge).
+    pub stable: Lsn,
+    /// A digest of the logs the receiver knows its cluster members by
+    /// (itself included); equal digests mean equal views.
+    pub view: u64,
+}
+
+impl Ack {
+    /// An acknowledgement carrying nothing for purging (tests, tools).
+    pub fn of(cursor: Cursor) -> Self {
+        Self {
+            cursor,
+            head: 0,
+            pending_for_you: Lsn::MAX,
+            staged: 0,
+            stable: 0,
+            view: 0,
+        }
+    }
 }
 
 /// Receiver to sender: the blob's bytes are present up to `offset`.
@@ -155,6 +186,11 @@ pub enum Message {
     BlobMissing {
         hash: [u8; 32],
     },
+    /// What an acknowledgement tells about tombstone stability, repeated
+    /// without new data (the cursor is the sender's durable position in
+    /// the receiver's log): sent by purging nodes when it changed, so
+    /// stability spreads in a quiet cluster too. Flow control ignores it.
+    Stability(Ack),
 }
 
 /// Why bytes could not be decoded into a message.

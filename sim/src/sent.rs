@@ -148,7 +148,7 @@ mod tests {
                 next: cursor,
                 versions: Vec::new(),
             }),
-            Message::Ack(Ack { cursor }),
+            Message::Ack(Ack::of(cursor)),
             Message::BlobWant(BlobWant {
                 hash: [1; 32],
                 offset: 0,

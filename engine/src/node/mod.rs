@@ -41,7 +41,9 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 
+mod purge;
 mod reconfigure;
+pub use purge::{PeerPurgeStatus, PurgeStatus};
 pub use reconfigure::{PeersChanged, ReconfigureError};
 
 /// The policy for versions of a class this node does not know (a peer with a
@@ -233,6 +235,11 @@ pub struct Node<S: Storage> {
     replica_max: BTreeMap<ReplicaId, u64>,
     /// Dots of earlier origins that may have been lost (see `Hello`).
     lost_own_counters: Vec<(ReplicaId, u64, u64)>,
+    /// Keys whose only standing version is a tombstone, by its entry
+    /// (kept only with `tombstone_purge`): the purge candidates.
+    lone_tombstones: BTreeSet<(Lsn, Key)>,
+    /// Retained `Purged` entries and their `upto` (see `EntryBody`).
+    purged_entries: BTreeMap<Lsn, Lsn>,
 }
 
 impl<S: Storage> Node<S> {
@@ -272,6 +279,7 @@ impl<S: Storage> Node<S> {
                     lsns_reserved: 0,
                     lost_ranges: Vec::new(),
                     peer_acked: BTreeMap::new(),
+                    stable_lsn: 0,
                 };
                 storage.store_meta(&meta)?;
                 meta
@@ -320,6 +328,8 @@ impl<S: Storage> Node<S> {
             fetches: BTreeMap::new(),
             replica_max: BTreeMap::new(),
             lost_own_counters: Vec::new(),
+            lone_tombstones: BTreeSet::new(),
+            purged_entries: BTreeMap::new(),
         };
         node.replay()?;
         // Standing conflicts are reported again: a version whose entry's
@@ -381,6 +391,10 @@ impl<S: Storage> Node<S> {
     }
 
     fn replay_entry(&mut self, entry: LogEntry) {
+        if let EntryBody::Purged { upto, keys } = &entry.body {
+            self.replay_purged(entry.lsn, *upto, keys);
+            return;
+        }
         let versions = entry.body.versions();
         if let EntryBody::Remote {
             from,
@@ -424,7 +438,10 @@ impl<S: Storage> Node<S> {
             }
             self.hlc.observe(v.hlc);
             note_max(&mut self.replica_max, &v.dot);
-            self.keys.entry(v.key).or_default().absorb(v, entry.lsn);
+            let key = v.key;
+            let before = self.keys.get(&key).and_then(purge::lone_tombstone);
+            self.keys.entry(key).or_default().absorb(v, entry.lsn);
+            self.track_lone(key, before);
         }
     }
 
@@ -845,6 +862,7 @@ impl<S: Storage> Node<S> {
         p.out = None;
         p.serving.clear();
         p.partial_since_ms = None;
+        p.stability.last_report = None;
         self.gated.retain(|g| g.peer != peer);
         if let (true, Some(why)) = (was_up, why) {
             self.push_event(Event::PeerDown { peer, why });
@@ -936,6 +954,10 @@ impl<S: Storage> Node<S> {
             Message::BlobChunk(c) => self.on_blob_chunk(peer, c),
             Message::BlobMissing { hash } => {
                 self.on_blob_missing(peer, hash);
+                Ok(())
+            }
+            Message::Stability(a) => {
+                self.note_ack_stability(&peer, &a);
                 Ok(())
             }
         };
@@ -1142,6 +1164,10 @@ impl<S: Storage> Node<S> {
             self.release_gated();
             return Ok(());
         }
+        // A version written after a member purged a tombstone this node
+        // holds as stable meets a fresh key, as it does there.
+        self.purge_for_arrivals(&b.versions)
+            .map_err(SessionError::Storage)?;
         // Keep what is new here (and only once per batch); versions whose
         // blob is not here whole wait for it.
         let mut taken = BTreeSet::new();
@@ -1202,6 +1228,7 @@ impl<S: Storage> Node<S> {
     }
 
     fn on_ack(&mut self, peer: NodeId, a: Ack) {
+        self.note_ack_stability(&peer, &a);
         let mine = self.meta.log_id;
         let now = self.now_ms;
         let Some(p) = self.peers.get_mut(&peer) else {
@@ -1272,6 +1299,11 @@ impl<S: Storage> Node<S> {
 
     fn release_gated(&mut self) {
         let durable = self.storage.durable_lsn();
+        if self.gated.front().is_none_or(|g| g.lsn > durable) {
+            return;
+        }
+        let view = self.members_view();
+        let staged = self.staged_count();
         while self.gated.front().is_some_and(|g| g.lsn <= durable) {
             let Some(g) = self.gated.pop_front() else {
                 break;
@@ -1283,9 +1315,13 @@ impl<S: Storage> Node<S> {
                 continue;
             }
             p.recv_durable = Some(g.cursor);
+            let Some(p) = self.peers.get(&g.peer) else {
+                continue;
+            };
+            let ack = self.ack_to(p, g.cursor, view, staged);
             self.outputs.push_back(Output::Transmit {
                 peer: g.peer,
-                frame: wire::encode_frame(&Message::Ack(Ack { cursor: g.cursor })),
+                frame: wire::encode_frame(&Message::Ack(ack)),
             });
         }
     }
@@ -1333,7 +1369,7 @@ impl<S: Storage> Node<S> {
         }
         if now >= self.next_trim_ms {
             self.next_trim_ms = now + self.cfg.timing.trim_interval_ms;
-            if let Err(e) = self.trim_log() {
+            if let Err(e) = self.purge_pass().and_then(|_| self.trim_log()) {
                 self.fail(e);
             }
         }
@@ -1461,17 +1497,21 @@ impl<S: Storage> Node<S> {
 
     fn apply_version(&mut self, v: Version, lsn: Lsn) -> ApplyOutcome {
         note_max(&mut self.replica_max, &v.dot);
+        let key = v.key;
+        let before = self.keys.get(&key).and_then(purge::lone_tombstone);
         let cfg = &self.cfg;
         let candidates = &mut self.trim_candidates;
         // The entries of superseded versions may be releasable now.
-        self.keys.entry(v.key).or_default().apply_noting(
+        let outcome = self.keys.entry(key).or_default().apply_noting(
             v,
             lsn,
             |v| policy_of(cfg, v),
             |old| {
                 candidates.insert(old);
             },
-        )
+        );
+        self.track_lone(key, before);
+        outcome
     }
 
     /// Applies versions received from `from` (logged at `lsn`, all unseen
@@ -1689,15 +1729,25 @@ impl<S: Storage> Node<S> {
                         break;
                     }
                     let me = self.cfg.node;
+                    let purging = self.cfg.tombstone_purge;
                     if state
                         .siblings
                         .iter()
-                        .any(|s| s.lsn > durable && s.version.origin != me)
+                        .any(|s| s.lsn > durable && (s.version.origin != me || purging))
                     {
                         done = false;
                         break;
                     }
                     last_key = Some(*key);
+                    // A stable lone tombstone is left out: the receiver
+                    // holds nothing it supersedes (it would have had to
+                    // acknowledge it), and a member may have purged it,
+                    // so writes of the key meet a fresh key there too.
+                    if purging
+                        && purge::lone_tombstone(state).is_some_and(|l| l <= self.meta.stable_lsn)
+                    {
+                        continue;
+                    }
                     for s in state.siblings.iter().filter(|s| wanted(&s.version)) {
                         bytes += s.version.size_bytes();
                         versions.push(s.version.clone());
@@ -1722,7 +1772,7 @@ impl<S: Storage> Node<S> {
                     // The entry may have been released only if nobody needs it.
                     if let Some(entry) = self.storage.read(item.lsn)? {
                         let relayed = entry.body.source().is_some();
-                        if relayed && item.lsn > durable {
+                        if (relayed || self.cfg.tombstone_purge) && item.lsn > durable {
                             break;
                         }
                         let planted = |v: &Version| {
@@ -1777,11 +1827,22 @@ impl<S: Storage> Node<S> {
         self.check_trim_candidates(upto)?;
         let candidates: Vec<Lsn> = self.trim_candidates.range(..upto).copied().collect();
         let mut released = 0;
+        // Entries a not yet durable `Purged` entry covers stay.
+        let purge_volatile = self.purge_volatile_upto();
         for lsn in candidates {
             let Some(entry) = self.storage.read(lsn)? else {
                 self.trim_candidates.remove(&lsn);
                 continue;
             };
+            if let EntryBody::Purged { upto, .. } = entry.body {
+                // Released by `release_purged_entries`.
+                self.trim_candidates.remove(&lsn);
+                self.purged_entries.insert(lsn, upto);
+                continue;
+            }
+            if lsn <= purge_volatile {
+                continue;
+            }
             let versions = entry.body.versions();
             let stands = |v: &Version| {
                 if v.body.is_tombstone() && canary::on(Canary::TrimDropsLiveTombstone) {
@@ -1820,6 +1881,8 @@ impl<S: Storage> Node<S> {
             self.trim_candidates.remove(&lsn);
             released += 1;
         }
+        self.release_purged_entries()
+            .inspect_err(|e| self.fail(e.clone()))?;
         Ok(released)
     }
 
@@ -1839,7 +1902,8 @@ impl<S: Storage> Node<S> {
                         .get(&v.key)
                         .is_some_and(|s| s.siblings.iter().any(|s| s.version.dot == v.dot))
                 });
-                if !stands && !self.trim_candidates.contains(&lsn) {
+                let purged = matches!(body, EntryBody::Purged { .. });
+                if !stands && !purged && !self.trim_candidates.contains(&lsn) {
                     missed = Some(lsn);
                     return false;
                 }
@@ -2734,7 +2798,7 @@ mod tests {
             vec![log(2), log(3)]
         );
         // The receiver says it stands at 1: not a boundary of what is in flight.
-        let ack = Message::Ack(Ack { cursor: log(1) });
+        let ack = Message::Ack(Ack::of(log(1)));
         a.handle_bytes(T0 + 1, b(), &wire::encode_frame(&ack))
             .unwrap();
         let resent: Vec<Batch> = messages(&mut a).iter().filter_map(batch_in).collect();

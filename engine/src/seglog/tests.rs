@@ -168,6 +168,7 @@ fn meta_is_replaced_atomically() {
         lsns_reserved: 2000,
         lost_ranges: Vec::new(),
         peer_acked: BTreeMap::new(),
+        stable_lsn: 7,
     };
     s.store_meta(&meta).unwrap();
     meta.counters_reserved = 3000;
