@@ -157,6 +157,7 @@ fn message(rng: &mut ChaCha8Rng) -> Message {
             staged: rng.gen(),
             stable: rng.gen(),
             view: rng.gen(),
+            want_report: rng.gen(),
         }),
         _ => Message::Refuse(
             [

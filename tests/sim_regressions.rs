@@ -234,3 +234,20 @@ fn swarm_seed_3_staged_versions_superseded_across_groups() {
 fn swarm_seed_973_owed_snapshot_resumes_where_the_receiver_stands() {
     swarm_passes_in(973, 5);
 }
+
+/// Tombstone purge liveness (generator 7), `engine/src/node/purge.rs` and
+/// `stability.rs`: a quiet cluster stalled with lone tombstones left.
+/// Seed 33: a node's log grew after a peer's last report (its own Purged
+/// entries), and nothing made the peer report again (a report is now owed
+/// whenever the peer said something new). Seed 155: a peer edited live
+/// lost what its acknowledgements had said, and the other side saw no
+/// reason to repeat it (edits keep it now, and an empty side asks with
+/// `want_report`). Seed 242: the one report that mattered was dropped
+/// (reports repeat every tenth pass), after a stale "re-seed owed" flag had
+/// hidden the peer's pending range (a snapshot in progress is what counts).
+#[test]
+fn swarm_seeds_33_155_242_purge_stalled_without_fresh_reports() {
+    for seed in [33, 155, 242] {
+        swarm_passes_in(seed, 7);
+    }
+}

@@ -49,14 +49,32 @@ pub struct PeerStability {
     /// The peer's reported stability point, in its log.
     reported: Option<(ReplicaId, Lsn)>,
     /// What we last reported to the peer (a `Stability` message goes out
-    /// only when it would say something new).
+    /// only when it would say something new, or when owed).
     pub last_report: Option<Ack>,
+    /// The last acknowledgement or report the peer sent us.
+    last_received: Option<Ack>,
+    /// The peer told us something new since we last reported: it may
+    /// need a report made after that (our coverage of its log counts
+    /// from when our report arrives), so the next one goes out even if
+    /// it says what the last one said.
+    pub report_owed: bool,
+    /// Purge passes since our last report: a report is repeated every
+    /// `REPORT_REFRESH_PASSES` (reports are not acknowledged, and one lost
+    /// on the way would otherwise stall purging in a quiet cluster).
+    pub passes_since_report: u32,
 }
+
+/// See `PeerStability::passes_since_report`.
+pub const REPORT_REFRESH_PASSES: u32 = 10;
 
 impl PeerStability {
     /// Records an acknowledgement: its reported stability point, and the
     /// mark it makes (if it makes one: a log position, nothing staged).
-    pub fn on_ack(&mut self, mark: Option<Mark>, log: ReplicaId, stable: Lsn) {
+    pub fn on_ack(&mut self, ack: &Ack, mark: Option<Mark>, log: ReplicaId, stable: Lsn) {
+        if self.last_received.as_ref() != Some(ack) {
+            self.last_received = Some(ack.clone());
+            self.report_owed = true;
+        }
         self.reported = match self.reported {
             Some((l, s)) if l == log => Some((l, s.max(stable))),
             _ => Some((log, stable)),
@@ -92,6 +110,11 @@ impl PeerStability {
             .retain(|m| Some(m.log) == peer_log && (m.covered > stable || m.covered > purge));
     }
 
+    /// Whether the peer has told us nothing yet (about its current log).
+    pub fn needs_report(&self) -> bool {
+        self.reported.is_none()
+    }
+
     /// Our log is stable up to here with respect to this peer.
     pub fn stable_upto(&self) -> Lsn {
         self.stable_upto
@@ -112,6 +135,13 @@ impl PeerStability {
 mod tests {
     use super::*;
 
+    fn cur() -> crate::wire::Cursor {
+        crate::wire::Cursor {
+            replica: log(9),
+            pos: crate::wire::Position::Log { lsn: 1 },
+        }
+    }
+
     fn log(n: u128) -> ReplicaId {
         ReplicaId::from_u128(n)
     }
@@ -129,14 +159,14 @@ mod tests {
     #[test]
     fn stable_once_we_hold_what_the_peer_had_for_us() {
         let mut s = PeerStability::default();
-        s.on_ack(Some(mark(10, 40, 30)), log(1), 0);
+        s.on_ack(&Ack::of(cur()), Some(mark(10, 40, 30)), log(1), 0);
         s.advance(Some(log(1)), 29, 7);
         assert_eq!(s.stable_upto(), 0);
         s.advance(Some(log(1)), 30, 7);
         assert_eq!(s.stable_upto(), 10);
         // Not purgeable: the peer has not reported itself stable past 40.
         assert_eq!(s.purge_upto(), 0);
-        s.on_ack(None, log(1), 40);
+        s.on_ack(&Ack::of(cur()), None, log(1), 40);
         s.advance(Some(log(1)), 30, 7);
         assert_eq!(s.purge_upto(), 10);
         assert_eq!(s.marks(), 0);
@@ -145,7 +175,7 @@ mod tests {
     #[test]
     fn other_views_and_old_logs_do_not_count() {
         let mut s = PeerStability::default();
-        s.on_ack(Some(mark(10, 40, 0)), log(1), 100);
+        s.on_ack(&Ack::of(cur()), Some(mark(10, 40, 0)), log(1), 100);
         s.advance(Some(log(1)), 0, 8);
         assert_eq!(s.stable_upto(), 0, "the views differ");
         s.advance(Some(log(2)), 1000, 7);
@@ -153,6 +183,7 @@ mod tests {
         assert_eq!(s.marks(), 0, "marks of its old log are dropped");
         // A report from the new log replaces the old one.
         s.on_ack(
+            &Ack::of(cur()),
             Some(Mark {
                 log: log(2),
                 ..mark(12, 5, 0)
@@ -162,16 +193,30 @@ mod tests {
         );
         s.advance(Some(log(2)), 0, 7);
         assert_eq!((s.stable_upto(), s.purge_upto()), (12, 0));
-        s.on_ack(None, log(2), 5);
+        s.on_ack(&Ack::of(cur()), None, log(2), 5);
         s.advance(Some(log(2)), 0, 7);
         assert_eq!(s.purge_upto(), 12);
+    }
+
+    #[test]
+    fn something_new_from_the_peer_owes_it_a_report() {
+        let mut s = PeerStability::default();
+        assert!(s.needs_report());
+        let a = Ack::of(cur());
+        s.on_ack(&a, None, log(1), 0);
+        assert!(s.report_owed && !s.needs_report());
+        s.report_owed = false;
+        s.on_ack(&a, None, log(1), 0);
+        assert!(!s.report_owed, "the same again owes nothing");
+        s.on_ack(&Ack { head: 3, ..a }, None, log(1), 0);
+        assert!(s.report_owed);
     }
 
     #[test]
     fn positions_never_go_back_and_marks_stay_bounded() {
         let mut s = PeerStability::default();
         for i in 1..=200 {
-            s.on_ack(Some(mark(i, i, i)), log(1), 0);
+            s.on_ack(&Ack::of(cur()), Some(mark(i, i, i)), log(1), 0);
         }
         assert!(s.marks() <= MARKS_MAX);
         s.advance(Some(log(1)), 200, 7);

@@ -137,6 +137,9 @@ pub struct Ack {
     /// A digest of the logs the receiver knows its cluster members by
     /// (itself included); equal digests mean equal views.
     pub view: u64,
+    /// The sender has no report from the receiver yet (it started, or
+    /// the receiver's log is new to it): the receiver should send one.
+    pub want_report: bool,
 }
 
 impl Ack {
@@ -149,6 +152,7 @@ impl Ack {
             staged: 0,
             stable: 0,
             view: 0,
+            want_report: false,
         }
     }
 }

@@ -200,6 +200,9 @@ fn one(plan: &Plan, a: &Args) -> ExitCode {
     println!("seed {}: {} steps, {} writes ({} acked), {} conflicts, {} bytes, {:.0} simulated s in {:.2} s",
         plan.seed, plan.steps.len(), out.stats.writes, out.stats.acked, out.stats.conflicts,
         out.stats.bytes, out.stats.simulated_ms as f64 / 1000.0, started.elapsed().as_secs_f64());
+    if out.stats.purging {
+        println!("tombstones purged (over all nodes): {}", out.stats.purged);
+    }
     println!("trace hash: {}", hex(&out.trace_hash));
     match out.failure {
         None => {
@@ -220,6 +223,7 @@ fn range(lo: u64, hi: u64, a: &Args) -> ExitCode {
     let tty = std::io::stderr().is_terminal();
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut conflicts, mut bytes, mut writes, mut sim_ms) = (0u64, 0u64, 0u64, 0u64);
+    let (mut purge_runs, mut purged) = (0u64, 0u64);
     let mut worst_lag = (0u64, lo);
     let mut failed = Vec::new();
     let mut range_hash = blake3::Hasher::new();
@@ -249,6 +253,10 @@ fn range(lo: u64, hi: u64, a: &Args) -> ExitCode {
             *faults.entry(k).or_default() += v;
         }
         conflicts += out.stats.conflicts;
+        if out.stats.purging {
+            purge_runs += 1;
+            purged += out.stats.purged;
+        }
         bytes += out.stats.bytes;
         writes += out.stats.writes;
         sim_ms += out.stats.simulated_ms;
@@ -294,6 +302,11 @@ fn range(lo: u64, hi: u64, a: &Args) -> ExitCode {
         println!("  {k:<22} {v}");
     }
     println!("writes: {writes}, conflicts reported: {conflicts}, bytes moved: {bytes}");
+    if purge_runs > 0 {
+        println!(
+            "runs purging tombstones: {purge_runs}, tombstones purged (over all nodes): {purged}"
+        );
+    }
     println!(
         "worst replication lag after the heal: {:.1} s (seed {})",
         worst_lag.0 as f64 / 1000.0,

@@ -2492,14 +2492,16 @@ impl<S: Storage> Node<S> {
     pub fn peer_debug(&self, peer: &NodeId) -> String {
         match self.peers.get(peer) {
             Some(p) => format!(
-                "link={:?} acked={:?} out={:?} backlog_front={:?} backlog_len={} recv_applied={:?} sync_upto={}",
+                "link={:?} acked={:?} out={:?} backlog_front={:?} backlog_len={} recv_applied={:?} sync_upto={} view={} stability={:?}",
                 p.link,
                 p.acked,
                 p.out,
                 p.backlog.front(),
                 p.backlog.len(),
                 p.recv_applied,
-                p.sync_upto
+                p.sync_upto,
+                self.members_view(),
+                p.stability
             ),
             None => "not configured".into(),
         }

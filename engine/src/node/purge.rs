@@ -19,7 +19,7 @@ use crate::ids::{Key, Lsn, ReplicaId};
 use crate::keystate::KeyState;
 use crate::peer::{Link, Peer};
 use crate::record::Version;
-use crate::stability::Mark;
+use crate::stability::{Mark, REPORT_REFRESH_PASSES};
 use crate::storage::{EntryBody, Storage, StorageError};
 use crate::vv::VersionVector;
 use crate::wire::{Ack, Cursor, Position};
@@ -87,7 +87,12 @@ impl<S: Storage> Node<S> {
             peer.acked,
             Some(Cursor { replica, pos: Position::Log { .. } }) if replica == mine
         );
-        let pending_for_you = if streaming_log && !peer.reseed_owed {
+        // While a snapshot goes out to it, what it lacks is not a log range.
+        let snapshot_out = peer
+            .out
+            .as_ref()
+            .is_some_and(|o| matches!(o.sent.pos, Position::Snapshot { .. }));
+        let pending_for_you = if streaming_log && !snapshot_out {
             peer.backlog.back().map_or(0, |b| b.lsn)
         } else {
             Lsn::MAX
@@ -99,6 +104,7 @@ impl<S: Storage> Node<S> {
             staged,
             stable: self.meta.stable_lsn,
             view,
+            want_report: self.cfg.tombstone_purge && peer.stability.needs_report(),
         }
     }
 
@@ -148,7 +154,10 @@ impl<S: Storage> Node<S> {
             }
             _ => None,
         };
-        p.stability.on_ack(mark, log, a.stable);
+        p.stability.on_ack(a, mark, log, a.stable);
+        if a.want_report {
+            p.stability.report_owed = true;
+        }
     }
 
     /// Advances the stability and purge points and purges the keys whose
@@ -201,6 +210,9 @@ impl<S: Storage> Node<S> {
     fn report_stability(&mut self, view: u64) {
         let staged = self.staged_count();
         let mut out = Vec::new();
+        for p in self.peers.values_mut() {
+            p.stability.passes_since_report = p.stability.passes_since_report.saturating_add(1);
+        }
         for (id, p) in &self.peers {
             let Link::Up { remote_log, .. } = p.link else {
                 continue;
@@ -209,7 +221,9 @@ impl<S: Storage> Node<S> {
                 continue;
             };
             let ack = self.ack_to(p, cursor, view, staged);
-            if p.stability.last_report.as_ref() != Some(&ack) {
+            let refresh = p.stability.passes_since_report >= REPORT_REFRESH_PASSES;
+            if refresh || p.stability.report_owed || p.stability.last_report.as_ref() != Some(&ack)
+            {
                 out.push((*id, ack));
             }
         }
@@ -217,6 +231,8 @@ impl<S: Storage> Node<S> {
             let frame = crate::wire::encode_frame(&crate::wire::Message::Stability(ack.clone()));
             if let Some(p) = self.peers.get_mut(&id) {
                 p.stability.last_report = Some(ack);
+                p.stability.report_owed = false;
+                p.stability.passes_since_report = 0;
             }
             self.outputs
                 .push_back(crate::node::Output::Transmit { peer: id, frame });

@@ -17,6 +17,7 @@ use crate::config::{ConfigError, PeerConfig};
 use crate::event::{Event, SessionEnd};
 use crate::ids::{Lsn, NodeId};
 use crate::peer::{Link, Peer, PeerStats};
+use crate::stability::PeerStability;
 use crate::storage::{EntryBody, Storage, StorageError};
 use crate::wire::{Cursor, Position};
 use std::collections::BTreeMap;
@@ -41,6 +42,7 @@ struct Kept {
     acked: Option<Cursor>,
     last_success_ms: Option<u64>,
     stats: PeerStats,
+    stability: PeerStability,
 }
 
 impl Kept {
@@ -51,6 +53,7 @@ impl Kept {
             acked: p.acked,
             last_success_ms: p.last_success_ms,
             stats: p.stats,
+            stability: p.stability.clone(),
         }
     }
 
@@ -64,6 +67,10 @@ impl Kept {
         }
         p.last_success_ms = self.last_success_ms;
         p.stats = self.stats;
+        // What its acknowledgements told stays true; our next report
+        // goes out afresh.
+        p.stability = self.stability.clone();
+        p.stability.last_report = None;
     }
 }
 

@@ -8,6 +8,7 @@
 
 use super::plan::{Knobs, CLASSES, GROUPS, TENANTS};
 use crate::cluster::{node_id, Cluster, SentBatch};
+use recsync_engine::vv::VersionVector;
 use recsync_engine::{Dot, Event, Key, Version};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -90,6 +91,14 @@ pub struct Model {
     /// Directed links and what each never carries.
     pub links: BTreeMap<(usize, usize), LinkFilter>,
     pub nodes: usize,
+    /// Per node, what its purged tombstones had seen, by key (from its
+    /// `TombstonesPurged` events): a purged key's versions count as seen
+    /// there, as the tombstone that superseded them did.
+    pub purged: Vec<BTreeMap<Key, VersionVector>>,
+    /// Every purged tombstone's dot.
+    pub purged_dots: BTreeSet<Dot>,
+    /// Events of each node already looked at for purges.
+    scanned: Vec<usize>,
 }
 
 /// Where a version may go: its class, tenant and group as indexes
@@ -185,7 +194,59 @@ impl Model {
                 })
                 .collect(),
             nodes: knobs.nodes,
+            purged: vec![BTreeMap::new(); knobs.nodes],
+            purged_dots: BTreeSet::new(),
+            scanned: vec![0; knobs.nodes],
         }
+    }
+
+    /// Takes the purges the nodes reported since the last call.
+    pub fn note_purges(&mut self, c: &Cluster) {
+        for j in 0..c.len().min(self.scanned.len()) {
+            let events = c.events(j);
+            for e in &events[self.scanned[j].min(events.len())..] {
+                let Event::TombstonesPurged { keys } = e else {
+                    continue;
+                };
+                for (key, dot) in keys {
+                    let mut seen = self
+                        .written
+                        .get(dot)
+                        .map(|w| w.version.context.clone())
+                        .unwrap_or_default();
+                    seen.add(dot);
+                    self.purged[j].entry(*key).or_default().join(&seen);
+                    self.purged_dots.insert(*dot);
+                }
+            }
+            self.scanned[j] = events.len();
+        }
+    }
+
+    /// Whether node `j` (up) has seen `dot` of `key`: its state has, or a
+    /// tombstone it purged had.
+    fn seen_by(&self, c: &Cluster, j: usize, key: &Key, dot: &Dot) -> bool {
+        c.is_up(j)
+            && (c.node(j).key_state(key).is_some_and(|s| s.has_seen(dot))
+                || self
+                    .purged
+                    .get(j)
+                    .and_then(|p| p.get(key))
+                    .is_some_and(|seen| seen.covers(dot)))
+    }
+
+    /// Node `j`'s frontier of `key`; a lone tombstone that some node purged
+    /// counts as no frontier (what the nodes that purged it hold).
+    fn frontier(&self, c: &Cluster, j: usize, key: &Key) -> Vec<Dot> {
+        let Some(st) = c.node(j).key_state(key) else {
+            return Vec::new();
+        };
+        if let [s] = st.siblings.as_slice() {
+            if s.version.body.is_tombstone() && self.purged_dots.contains(&s.version.dot) {
+                return Vec::new();
+            }
+        }
+        st.siblings.iter().map(|s| s.version.dot).collect()
     }
 
     /// Records a new version; a dot seen before is a reuse.
@@ -241,7 +302,7 @@ impl Model {
     /// The nodes a version must reach: from its sources and from every node
     /// that holds it now, along the links that carry its class.
     fn targets(&self, c: &Cluster, dot: &Dot, w: &Written) -> BTreeSet<usize> {
-        let holders = (0..c.len()).filter(|i| seen_by(c, *i, &w.version.key, dot));
+        let holders = (0..c.len()).filter(|i| self.seen_by(c, *i, &w.version.key, dot));
         let from = w.sources.iter().chain(holders);
         self.reach(from, Self::class_of_version(&w.version))
     }
@@ -249,7 +310,7 @@ impl Model {
     /// Versions that must exist: acknowledged and not excused, plus any
     /// version some node holds.
     fn must_exist(&self, c: &Cluster, dot: &Dot, w: &Written) -> bool {
-        (w.acked && !w.excused) || (0..c.len()).any(|i| seen_by(c, i, &w.version.key, dot))
+        (w.acked && !w.excused) || (0..c.len()).any(|i| self.seen_by(c, i, &w.version.key, dot))
     }
 
     /// The first version not yet everywhere it should be.
@@ -259,9 +320,9 @@ impl Model {
                 continue;
             }
             for j in self.targets(c, dot, w) {
-                if !seen_by(c, j, &w.version.key, dot) {
+                if !self.seen_by(c, j, &w.version.key, dot) {
                     let holders: Vec<usize> = (0..c.len())
-                        .filter(|i| seen_by(c, *i, &w.version.key, dot))
+                        .filter(|i| self.seen_by(c, *i, &w.version.key, dot))
                         .collect();
                     return Some(format!(
                         "node {j} lacks {} of key {} (written on node {} at {} ms, acked {}; \
@@ -284,7 +345,10 @@ impl Model {
         // No acknowledged write lost, and liveness: everything that must
         // exist reached every node it should.
         for (dot, w) in &self.written {
-            if w.acked && !w.excused && !(0..c.len()).any(|i| seen_by(c, i, &w.version.key, dot)) {
+            if w.acked
+                && !w.excused
+                && !(0..c.len()).any(|i| self.seen_by(c, i, &w.version.key, dot))
+            {
                 return fail(
                     "no acknowledged write lost",
                     format!(
@@ -370,7 +434,8 @@ impl Model {
                     let Some(w) = self.written.get(d) else {
                         continue;
                     };
-                    if *d != v.dot && w.version.context.covers(&v.dot) && st.has_seen(d) {
+                    if *d != v.dot && w.version.context.covers(&v.dot) && self.seen_by(c, j, key, d)
+                    {
                         return fail(
                             "no resurrection",
                             format!(
@@ -429,8 +494,8 @@ impl Model {
                     if expect[a] != expect[b] || expect[a].is_empty() {
                         continue;
                     }
-                    let fa = frontier(c, a, &key);
-                    let fb = frontier(c, b, &key);
+                    let fa = self.frontier(c, a, &key);
+                    let fb = self.frontier(c, b, &key);
                     if fa != fb {
                         return fail(
                             "convergence",
@@ -446,17 +511,6 @@ impl Model {
         }
         Ok(())
     }
-}
-
-fn seen_by(c: &Cluster, j: usize, key: &Key, dot: &Dot) -> bool {
-    c.is_up(j) && c.node(j).key_state(key).is_some_and(|s| s.has_seen(dot))
-}
-
-fn frontier(c: &Cluster, j: usize, key: &Key) -> Vec<Dot> {
-    c.node(j)
-        .key_state(key)
-        .map(|s| s.siblings.iter().map(|s| s.version.dot).collect())
-        .unwrap_or_default()
 }
 
 /// Used by the runner: the node ids of a cluster, for messages.

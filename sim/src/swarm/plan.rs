@@ -82,6 +82,11 @@ pub struct Knobs {
     /// Simulated length of the fault phase.
     pub fault_phase_ms: u64,
     pub keys: u32,
+    /// Tombstone purge on every node, with this trim (and purge) interval
+    /// in ms: then the links are a two-way, unfiltered mesh, and nothing
+    /// changes the membership (no wipes, no peers removed).
+    #[serde(default)]
+    pub purge: Option<u64>,
 }
 
 /// A write in a plan; keys are small integers, each with a fixed class.
@@ -352,8 +357,10 @@ const RECORDING_LEN_MAX: f64 = 400_000.0;
 /// a fifth of the bytes; 5: in both modes, most peer changes are made
 /// live (`Node::set_peers`) rather than by restarting both nodes; 6: in
 /// both modes, some peer changes edit a peer's bandwidth cap or schedule
-/// live instead.
-pub const GENERATOR_LATEST: u8 = 6;
+/// live instead; 7: in swarm mode, two plans in five purge tombstones
+/// (`Knobs::purge`: a two-way unfiltered mesh, no wipes, no peer removals;
+/// the other plans are generator 6's).
+pub const GENERATOR_LATEST: u8 = 7;
 /// What `recsync-sim` and CI draw by default: the newest generator whose
 /// seed ranges pass.
 pub const GENERATOR_DEFAULT: u8 = 6;
@@ -528,6 +535,7 @@ fn draw_knobs(rng: &mut ChaCha8Rng, swarm: bool, generator: u8) -> Knobs {
         ack_timeout_ms: rng.gen_range(300..3_000),
         fault_phase_ms: rng.gen_range(20_000..120_000),
         keys: rng.gen_range(2..40),
+        purge: None,
     }
 }
 
@@ -700,11 +708,55 @@ impl Plan {
             }
         }
         steps.sort_by_key(|s| s.at_ms);
-        Plan {
+        let mut plan = Plan {
             seed,
             swarm,
             knobs,
             steps,
+        };
+        if generator >= 7 {
+            // Drawn apart, so that the other plans stay generator 6's.
+            let mut pr = ChaCha8Rng::seed_from_u64(seed ^ 0x9E26_E7B0_5700);
+            if pr.gen_bool(0.4) {
+                plan.make_purging(&mut pr);
+            }
+        }
+        plan
+    }
+
+    /// Turns the plan into one that purges tombstones: a two-way,
+    /// unfiltered mesh whose membership never changes (the purge rule's
+    /// preconditions), with a trim interval of 1 to 10 s.
+    fn make_purging(&mut self, rng: &mut ChaCha8Rng) {
+        let k = &mut self.knobs;
+        k.topology = Topology::Mesh;
+        k.links = links(rng, k.nodes, Topology::Mesh, self.swarm, 6)
+            .into_iter()
+            .map(|l| LinkKnobs {
+                exclude_class: None,
+                exclude_tenant: None,
+                exclude_group: None,
+                ..l
+            })
+            .collect();
+        k.purge = Some(rng.gen_range(1_000..10_000));
+        self.steps.retain(|s| {
+            !matches!(
+                s.action,
+                Action::Wipe { .. } | Action::TogglePeer { .. } | Action::SetPeers { .. }
+            )
+        });
+        // More deletes, so that more keys end as lone tombstones.
+        for s in &mut self.steps {
+            if let Action::Write { ops, .. } = &mut s.action {
+                for op in ops.iter_mut() {
+                    if let Op::Put { key } = *op {
+                        if rng.gen_bool(0.25) {
+                            *op = Op::Delete { key };
+                        }
+                    }
+                }
+            }
         }
     }
 }

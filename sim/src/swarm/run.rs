@@ -27,6 +27,10 @@ pub struct Stats {
     pub writes: u64,
     pub acked: u64,
     pub conflicts: u64,
+    /// Tombstones purged, summed over the nodes (0 unless the plan purges).
+    pub purged: u64,
+    /// Whether the plan purges tombstones.
+    pub purging: bool,
     pub bytes: u64,
     /// Simulated time from the heal until everything had replicated.
     pub heal_to_converged_ms: u64,
@@ -68,6 +72,8 @@ fn build(plan: &Plan) -> Cluster {
     let nodes = k.nodes;
     let batch = k.batch_versions_max;
     let ack = k.ack_timeout_ms;
+    let purge = k.purge.is_some();
+    let trim_ms = k.purge.unwrap_or(60_000);
     let mut b =
         ClusterBuilder::new(plan.seed, k.nodes)
             .net(net)
@@ -80,6 +86,10 @@ fn build(plan: &Plan) -> Cluster {
                 cfg.limits.send_batch_versions_max = batch;
                 cfg.timing.ack_timeout_ms = ack;
                 cfg.timing.reconnect_max_ms = 5_000;
+                if purge {
+                    cfg.tombstone_purge = true;
+                    cfg.timing.trim_interval_ms = trim_ms;
+                }
             });
     for l in &k.links {
         b = b.one_way(l.from, l.to).peer(l.from, l.to, |p| {
@@ -325,7 +335,21 @@ impl<'p> Runner<'p> {
                     .count() as u64
             })
             .sum();
+        let purged = (0..self.c.len())
+            .map(|i| {
+                self.c
+                    .events(i)
+                    .iter()
+                    .map(|e| match e {
+                        Event::TombstonesPurged { keys } => keys.len() as u64,
+                        _ => 0,
+                    })
+                    .sum::<u64>()
+            })
+            .sum();
         Stats {
+            purged,
+            purging: self.plan.knobs.purge.is_some(),
             faults: self.faults.clone(),
             writes: self.writes,
             acked: self.model.written.values().filter(|w| w.acked).count() as u64,
@@ -360,6 +384,8 @@ impl<'p> Runner<'p> {
         self.fault_phase_ms = self.c.now_ms() - self.start_ms;
         self.fault_phase_real_s = started.elapsed().as_secs_f64();
         self.heal()?;
+        self.purge_settle()?;
+        self.model.note_purges(&self.c);
         self.model.check(&self.c)
     }
 
@@ -396,6 +422,7 @@ impl<'p> Runner<'p> {
 
     /// Marks writes acknowledged once durable at their origin.
     fn refresh_acked(&mut self) {
+        self.model.note_purges(&self.c);
         for i in 0..self.c.len() {
             if !self.c.is_up(i) {
                 continue;
@@ -789,6 +816,102 @@ impl<'p> Runner<'p> {
             )
     }
 
+    /// Keys whose frontier is a lone tombstone on some node and empty
+    /// (purged) or a lone tombstone on every other: what purging owes.
+    fn purge_owed(&self) -> Vec<Key> {
+        let c = &self.c;
+        let up: Vec<usize> = (0..c.len()).filter(|i| c.is_up(*i)).collect();
+        self.model
+            .by_key
+            .keys()
+            .filter(|k| {
+                let states: Vec<_> = up.iter().map(|&i| c.node(i).key_state(k)).collect();
+                states.iter().any(|s| s.is_some())
+                    && states.iter().all(|s| {
+                        s.is_none_or(|s| {
+                            s.siblings.len() == 1 && s.siblings[0].version.body.is_tombstone()
+                        })
+                    })
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Purge plans, after the heal: every tombstone that stands alone
+    /// everywhere is purged everywhere within the bound (liveness), unless
+    /// a version waits for a blob nobody can send (purging then waits).
+    fn purge_settle(&mut self) -> Result<(), Failure> {
+        let Some(interval) = self.plan.knobs.purge else {
+            return Ok(());
+        };
+        let deadline = self.c.now_ms() + self.replication_bound().max(100 * interval);
+        let mut round = 0u64;
+        loop {
+            let owed = self.purge_owed();
+            if owed.is_empty() {
+                return Ok(());
+            }
+            let staged =
+                (0..self.c.len()).any(|i| self.c.is_up(i) && self.c.node(i).staged_versions() > 0);
+            if staged {
+                self.c
+                    .note(|| "purge waits: versions stay staged".to_string());
+                return Ok(());
+            }
+            if self.c.now_ms() >= deadline {
+                for i in 0..self.c.len() {
+                    if !self.c.is_up(i) {
+                        continue;
+                    }
+                    let st = self.c.node(i).purge_status();
+                    self.c.note(|| format!("n{i} purge: {st:?}"));
+                    for j in (0..self.c.len()).filter(|j| *j != i) {
+                        let d = self.c.node(i).peer_debug(&crate::cluster::node_id(j));
+                        self.c.note(|| format!("n{i} -> n{j}: {d}"));
+                    }
+                }
+                return Err(Failure {
+                    invariant: "tombstone purge liveness",
+                    detail: format!(
+                        "{} keys stand as lone tombstones after the heal, e.g. {}",
+                        owed.len(),
+                        owed[0]
+                    ),
+                });
+            }
+            for i in 0..self.c.len() {
+                self.c.sync_storage(i);
+                if round.is_multiple_of(5) {
+                    self.c.sync_now(i);
+                }
+            }
+            round += 1;
+            self.c.run_for(interval);
+            self.refresh_acked();
+            self.watch_step();
+        }
+    }
+
+    /// How long replication may take after the heal: a fixed bound plus,
+    /// since a write may wait for the next window of every windowed link
+    /// on its way (a weekly window may just have closed when it arrives,
+    /// and it may then wait for the next link's), one period of each.
+    fn replication_bound(&self) -> u64 {
+        LIVENESS_BOUND_MS
+            + self
+                .plan
+                .knobs
+                .links
+                .iter()
+                .map(|l| match l.schedule {
+                    2 => DAY_MS / 24,
+                    3 => DAY_MS,
+                    4 => 7 * DAY_MS,
+                    _ => 0,
+                })
+                .sum::<u64>()
+    }
+
     /// Everything back to normal, then run until replicated or the bound.
     fn heal(&mut self) -> Result<(), Failure> {
         self.c.note(|| "heal".to_string());
@@ -819,23 +942,7 @@ impl<'p> Runner<'p> {
         self.refresh_acked();
         self.watch_step();
         let healed_at = self.c.now_ms();
-        // A write may wait for the next window of every windowed link on
-        // its way (a weekly window may just have closed when it arrives,
-        // and it may then wait for the next link's): at most one period of
-        // each windowed link.
-        let bound = LIVENESS_BOUND_MS
-            + self
-                .plan
-                .knobs
-                .links
-                .iter()
-                .map(|l| match l.schedule {
-                    2 => DAY_MS / 24,
-                    3 => DAY_MS,
-                    4 => 7 * DAY_MS,
-                    _ => 0,
-                })
-                .sum::<u64>();
+        let bound = self.replication_bound();
         let deadline = healed_at + bound;
         let mut round = 0u64;
         loop {
