@@ -22,6 +22,9 @@ pub enum Canary {
     DotOriginReused,
     /// A conflict that the policy settled is not reported to the application.
     SettledConflictNotReported,
+    /// Tombstones are purged once stable here, without waiting for every
+    /// peer to report them stable too.
+    PurgeBeforePeersStable,
 }
 
 /// Every canary with its command-line name.
@@ -42,6 +45,7 @@ pub const ALL: &[(Canary, &str)] = &[
         "recording-applied-before-blob",
     ),
     (Canary::DotOriginReused, "dot-origin-reused"),
+    (Canary::PurgeBeforePeersStable, "purge-before-peers-stable"),
 ];
 
 #[cfg(feature = "canary")]

@@ -31,7 +31,7 @@ Usage:
   recsync-sim --replay FILE [--trace]        run a plan written by --shrink
   recsync-sim --seed N [--swarm] --shrink    cut a failing run down to a
                                              minimal plan and write it to a file
-  recsync-sim ... --generator G              draw plans with generator G (6 default;
+  recsync-sim ... --generator G              draw plans with generator G (7 default;
                                              2 adds tenant/group filters, daily
                                              windows, WAN caps, read faults and
                                              clock drift; 3 adds the
@@ -39,7 +39,8 @@ Usage:
                                              windows and log-uniform recording
                                              lengths; 5 live peer changes;
                                              6 live edits of a peer's cap or
-                                             schedule)
+                                             schedule; 7 tombstone-purging
+                                             clusters in swarm mode)
   recsync-sim --canary list                  the planted bugs (feature canary)
   recsync-sim --canary NAME ...              run with one planted bug active
 

@@ -14,6 +14,7 @@
 //! ARCHITECTURE.md ("Tombstone purge") has the argument and its limits.
 
 use super::Node;
+use crate::canary::{self, Canary};
 use crate::event::Event;
 use crate::ids::{Key, Lsn, ReplicaId};
 use crate::keystate::KeyState;
@@ -187,13 +188,16 @@ impl<S: Storage> Node<S> {
             self.meta = meta;
         }
         self.report_stability(view);
-        let purge = self
-            .peers
-            .values()
-            .map(|p| p.stability.purge_upto())
-            .min()
-            .unwrap_or(Lsn::MAX)
-            .min(self.meta.stable_lsn);
+        let purge = if canary::on(Canary::PurgeBeforePeersStable) {
+            self.meta.stable_lsn
+        } else {
+            self.peers
+                .values()
+                .map(|p| p.stability.purge_upto())
+                .min()
+                .unwrap_or(Lsn::MAX)
+                .min(self.meta.stable_lsn)
+        };
         let due: Vec<Key> = self
             .lone_tombstones
             .iter()

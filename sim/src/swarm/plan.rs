@@ -363,7 +363,7 @@ const RECORDING_LEN_MAX: f64 = 400_000.0;
 pub const GENERATOR_LATEST: u8 = 7;
 /// What `recsync-sim` and CI draw by default: the newest generator whose
 /// seed ranges pass.
-pub const GENERATOR_DEFAULT: u8 = 6;
+pub const GENERATOR_DEFAULT: u8 = 7;
 
 /// The divergent-writes table (the engine-core acceptance scenario) as the
 /// opening of a run, on user keys 1..8 between nodes 0 (A) and 1 (B):
