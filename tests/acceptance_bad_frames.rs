@@ -158,6 +158,10 @@ fn message(rng: &mut ChaCha8Rng) -> Message {
             stable: rng.gen(),
             view: rng.gen(),
             want_report: rng.gen(),
+            origin: recsync_engine::Dot {
+                replica: ReplicaId::from_u128(rng.gen()),
+                counter: rng.gen(),
+            },
         }),
         _ => Message::Refuse(
             [

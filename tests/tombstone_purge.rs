@@ -249,3 +249,52 @@ fn purge_needs_every_peer_two_way_and_unfiltered() {
     cfg.peers[0] = PeerConfig::two_way(node_id(1));
     assert_eq!(cfg.validate(), Ok(()));
 }
+
+#[test]
+fn a_purged_recording_staged_in_a_retained_entry_stays_gone_after_a_restart() {
+    let mut c = purging(5, 3).build();
+    let (rec, other) = (Key::from_u128(0x1001), Key::from_u128(0x1002));
+    // One entry on the receivers stages the recording (its blob follows)
+    // and applies a key that stays: the entry is kept after the purge.
+    let blob = c.upload_blob(0, &[7u8; 5000]);
+    c.try_write(
+        0,
+        vec![
+            recsync_engine::WriteOp::Put(recsync_engine::PutRequest {
+                key: rec,
+                labels: labels("recording"),
+                meta: b"call".to_vec(),
+                blob: Some(blob),
+            }),
+            recsync_engine::WriteOp::Put(recsync_engine::PutRequest {
+                key: other,
+                labels: labels("user"),
+                meta: b"live".to_vec(),
+                blob: None,
+            }),
+        ],
+    )
+    .unwrap();
+    c.run_until_settled(60_000).unwrap();
+    c.delete(1, rec);
+    run_until_purged(&mut c, rec, 60_000);
+    for i in 0..3 {
+        assert!(purged_at(&c, i, rec), "node {i} did not purge");
+        c.node_mut(i).trim_log().unwrap();
+    }
+    for i in 0..3 {
+        c.crash(i);
+        c.restart(i);
+    }
+    c.run_until_settled(60_000).unwrap();
+    c.run_for(5_000);
+    for i in 0..3 {
+        assert!(
+            c.node(i).get(&rec).is_none(),
+            "node {i}: the recording is back"
+        );
+        assert_eq!(c.node(i).staged_versions(), 0, "node {i}");
+        assert!(c.node(i).get(&other).is_some());
+    }
+    assert!(c.digests_equal(&[0, 1, 2]));
+}

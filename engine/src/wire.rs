@@ -12,12 +12,12 @@
 //! checks, in order: magic, version, flags, length limit, completeness,
 //! checksum, then the payload; each failure is its own [`FrameError`].
 
-use crate::ids::{ClusterId, Key, Lsn, NodeId, ReplicaId};
+use crate::ids::{ClusterId, Dot, Key, Lsn, NodeId, ReplicaId};
 use crate::record::Version;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 pub const FRAME_MAGIC: [u8; 2] = *b"RS";
 pub const FRAME_HEADER_LEN: usize = 12;
 /// Default limit on one frame's payload.
@@ -140,6 +140,9 @@ pub struct Ack {
     /// The sender has no report from the receiver yet (it started, or
     /// the receiver's log is new to it): the receiver should send one.
     pub want_report: bool,
+    /// The receiver's dot origin and the last counter it handed out: the
+    /// versions it wrote before acknowledging (logged below `head`).
+    pub origin: Dot,
 }
 
 impl Ack {
@@ -153,6 +156,10 @@ impl Ack {
             stable: 0,
             view: 0,
             want_report: false,
+            origin: Dot {
+                replica: ReplicaId::from_u128(0),
+                counter: 0,
+            },
         }
     }
 }
@@ -423,7 +430,9 @@ mod tests {
         g[2] = PROTOCOL_VERSION + 1;
         assert_eq!(
             decode_frame(&g, max),
-            Err(FrameError::UnsupportedVersion { got: 2 })
+            Err(FrameError::UnsupportedVersion {
+                got: PROTOCOL_VERSION + 1
+            })
         );
         let mut g = f.clone();
         g[3] = 1;

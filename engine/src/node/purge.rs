@@ -16,7 +16,7 @@
 use super::Node;
 use crate::canary::{self, Canary};
 use crate::event::Event;
-use crate::ids::{Key, Lsn, ReplicaId};
+use crate::ids::{Dot, Key, Lsn, NodeId, ReplicaId};
 use crate::keystate::KeyState;
 use crate::peer::{Link, Peer};
 use crate::record::Version;
@@ -25,6 +25,8 @@ use crate::storage::{EntryBody, Storage, StorageError};
 use crate::vv::VersionVector;
 use crate::wire::{Ack, Cursor, Position};
 
+/// Entries `covered_past` looks at per acknowledgement, at most.
+const COVER_SCAN_MAX: usize = 1024;
 /// Keys one `Purged` entry names, at most.
 const PURGED_KEYS_PER_ENTRY: usize = 4096;
 
@@ -106,6 +108,10 @@ impl<S: Storage> Node<S> {
             stable: self.meta.stable_lsn,
             view,
             want_report: self.cfg.tombstone_purge && peer.stability.needs_report(),
+            origin: Dot {
+                replica: self.meta.replica,
+                counter: self.counter,
+            },
         }
     }
 
@@ -123,13 +129,12 @@ impl<S: Storage> Node<S> {
     }
 
     /// Takes what an acknowledgement from `peer` says about stability.
-    pub(super) fn note_ack_stability(&mut self, peer: &crate::ids::NodeId, a: &Ack) {
+    pub(super) fn note_ack_stability(&mut self, peer: &NodeId, a: &Ack) {
         if !self.cfg.tombstone_purge {
             return;
         }
         let mine = self.meta.log_id;
-        let last = self.storage.last_lsn();
-        let Some(p) = self.peers.get_mut(peer) else {
+        let Some(p) = self.peers.get(peer) else {
             return;
         };
         let Some(log) = known_log(p) else { return };
@@ -137,27 +142,76 @@ impl<S: Storage> Node<S> {
             Cursor {
                 replica,
                 pos: Position::Log { lsn },
-            } if replica == mine && a.staged == 0 => {
-                // Entries past the acknowledged one that hold nothing for
-                // the peer are covered as well.
-                let covered = p
-                    .backlog
-                    .iter()
-                    .find(|b| b.lsn > lsn)
-                    .map_or(last, |b| b.lsn - 1);
-                Some(Mark {
-                    covered,
-                    log,
-                    head: a.head,
-                    pending_for_us: a.pending_for_you,
-                    view: a.view,
-                })
-            }
+            } if replica == mine && a.staged == 0 => Some(Mark {
+                covered: self.covered_past(lsn, *peer, log, a),
+                log,
+                head: a.head,
+                pending_for_us: a.pending_for_you,
+                view: a.view,
+            }),
             _ => None,
+        };
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
         };
         p.stability.on_ack(a, mark, log, a.stable);
         if a.want_report {
             p.stability.report_owed = true;
+        }
+    }
+
+    /// How far past `lsn` (acknowledged by `peer` in `a`) our log holds
+    /// nothing the peer lacked *when it acknowledged*: entries of versions
+    /// it sent us from its log at or below `a.head`, versions it wrote
+    /// itself before then (its dot counter in `a`), and `Purged` entries.
+    /// An entry with anything else for the peer ends the run, whatever the
+    /// backlog says (a late or repeated acknowledgement must not vouch for
+    /// what came after it).
+    fn covered_past(&self, lsn: Lsn, peer: NodeId, peer_log: ReplicaId, a: &Ack) -> Lsn {
+        let mut covered = lsn;
+        let mut budget = COVER_SCAN_MAX;
+        let peers_own =
+            |v: &Version| v.dot.replica == a.origin.replica && v.dot.counter <= a.origin.counter;
+        // Everything we received from the peer lay in its log at or below
+        // this (the staging entries of a `BlobReady` from it, too).
+        let received_from =
+            self.peers
+                .get(&peer)
+                .and_then(|p| p.recv_applied)
+                .map_or(0, |c| match c.pos {
+                    Position::Log { lsn } if c.replica == peer_log => lsn,
+                    _ => Lsn::MAX,
+                });
+        let visit = self.storage.visit(lsn.saturating_add(1), &mut |at, body| {
+            if budget == 0 {
+                return false;
+            }
+            budget -= 1;
+            let vouched = match body {
+                EntryBody::Purged { .. } => true,
+                EntryBody::Remote {
+                    from,
+                    versions,
+                    staged,
+                    cursor,
+                } if *from == peer => {
+                    matches!(cursor, Cursor { replica, pos: Position::Log { lsn } }
+                        if *replica == peer_log && *lsn <= a.head)
+                        || versions.iter().chain(staged).all(peers_own)
+                }
+                EntryBody::BlobReady { from, versions, .. } if *from == peer => {
+                    received_from <= a.head || versions.iter().all(peers_own)
+                }
+                body => body.versions().iter().all(peers_own),
+            };
+            if vouched {
+                covered = at;
+            }
+            vouched
+        });
+        match visit {
+            Ok(()) => covered,
+            Err(_) => lsn,
         }
     }
 
@@ -325,7 +379,15 @@ impl<S: Storage> Node<S> {
                     }
                 }
             }
+            // Versions a retained entry staged again, which the tombstone
+            // had superseded: nothing may apply them to the fresh key.
+            self.staged.retain(|_, waiting| {
+                waiting.retain(|(_, _, v)| !(v.key == *k && seen.covers(&v.dot)));
+                !waiting.is_empty()
+            });
         }
+        let staged = &self.staged;
+        self.fetches.retain(|hash, _| staged.contains_key(hash));
     }
 
     /// Keeps `lone_tombstones` in step after `key`'s state changed; `before`
