@@ -4,6 +4,7 @@
 //! written again after the purge replicates as a fresh key everywhere.
 
 use recsync_engine::storage::EntryBody;
+use recsync_engine::{BlobRef, PutRequest, WriteOp};
 use recsync_engine::{
     ConfigError, ConflictPolicy, Event, Key, Name, OpenError, PeerConfig, Storage,
 };
@@ -13,6 +14,16 @@ fn purging(seed: u64, n: usize) -> ClusterBuilder {
     ClusterBuilder::new(seed, n).mesh().all_nodes(|c| {
         c.tombstone_purge = true;
         c.timing.trim_interval_ms = 1_000;
+    })
+}
+
+/// One put of an atomic batch.
+fn put_op(key: Key, class: &str, meta: &[u8], blob: Option<BlobRef>) -> WriteOp {
+    WriteOp::Put(PutRequest {
+        key,
+        labels: labels(class),
+        meta: meta.to_vec(),
+        blob,
     })
 }
 
@@ -187,18 +198,8 @@ fn an_older_version_in_a_retained_entry_does_not_come_back_after_a_restart() {
     c.try_write(
         0,
         vec![
-            recsync_engine::WriteOp::Put(recsync_engine::PutRequest {
-                key: k,
-                labels: labels("user"),
-                meta: b"old".to_vec(),
-                blob: None,
-            }),
-            recsync_engine::WriteOp::Put(recsync_engine::PutRequest {
-                key: other,
-                labels: labels("user"),
-                meta: b"live".to_vec(),
-                blob: None,
-            }),
+            put_op(k, "user", b"old", None),
+            put_op(other, "user", b"live", None),
         ],
     )
     .unwrap();
@@ -260,18 +261,8 @@ fn a_purged_recording_staged_in_a_retained_entry_stays_gone_after_a_restart() {
     c.try_write(
         0,
         vec![
-            recsync_engine::WriteOp::Put(recsync_engine::PutRequest {
-                key: rec,
-                labels: labels("recording"),
-                meta: b"call".to_vec(),
-                blob: Some(blob),
-            }),
-            recsync_engine::WriteOp::Put(recsync_engine::PutRequest {
-                key: other,
-                labels: labels("user"),
-                meta: b"live".to_vec(),
-                blob: None,
-            }),
+            put_op(rec, "recording", b"call", Some(blob)),
+            put_op(other, "user", b"live", None),
         ],
     )
     .unwrap();
