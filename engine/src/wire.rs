@@ -118,7 +118,8 @@ pub struct Batch {
 
 /// The receiver has durably applied everything up to `cursor`. The other
 /// fields are what tombstone purging needs from the receiver (see
-/// `crate::stability`); a receiver that does not purge still fills them.
+/// `crate::stability`); a receiver that does not purge leaves its view and
+/// staged count at 0 and reports a stable point of 0.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     pub cursor: Cursor,

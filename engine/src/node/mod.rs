@@ -439,7 +439,7 @@ impl<S: Storage> Node<S> {
             self.hlc.observe(v.hlc);
             note_max(&mut self.replica_max, &v.dot);
             let key = v.key;
-            let before = self.keys.get(&key).and_then(purge::lone_tombstone);
+            let before = self.lone_before(&key);
             self.keys.entry(key).or_default().absorb(v, entry.lsn);
             self.track_lone(key, before);
         }
@@ -1302,8 +1302,13 @@ impl<S: Storage> Node<S> {
         if self.gated.front().is_none_or(|g| g.lsn > durable) {
             return;
         }
-        let view = self.members_view();
-        let staged = self.staged_count();
+        // What purging needs; a node that does not purge reports nothing
+        // (its stable point stays 0, so no peer purges on its word).
+        let (view, staged) = if self.cfg.tombstone_purge {
+            (self.members_view(), self.staged_count())
+        } else {
+            (0, 0)
+        };
         while self.gated.front().is_some_and(|g| g.lsn <= durable) {
             let Some(g) = self.gated.pop_front() else {
                 break;
@@ -1498,7 +1503,7 @@ impl<S: Storage> Node<S> {
     fn apply_version(&mut self, v: Version, lsn: Lsn) -> ApplyOutcome {
         note_max(&mut self.replica_max, &v.dot);
         let key = v.key;
-        let before = self.keys.get(&key).and_then(purge::lone_tombstone);
+        let before = self.lone_before(&key);
         let cfg = &self.cfg;
         let candidates = &mut self.trim_candidates;
         // The entries of superseded versions may be releasable now.

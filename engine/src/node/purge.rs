@@ -349,12 +349,8 @@ impl<S: Storage> Node<S> {
             self.purged_entries.insert(lsn, upto);
             let mut report = Vec::with_capacity(named.len());
             for (k, _) in named {
-                if let Some(st) = self.keys.remove(&k) {
-                    for s in &st.siblings {
-                        self.lone_tombstones.remove(&(s.lsn, k));
-                        self.trim_candidates.insert(s.lsn);
-                        report.push((k, s.version.dot));
-                    }
+                if let Some(st) = self.forget_key(&k) {
+                    report.extend(st.siblings.iter().map(|s| (k, s.version.dot)));
                 }
             }
             self.push_event(Event::TombstonesPurged { keys: report });
@@ -372,12 +368,7 @@ impl<S: Storage> Node<S> {
                 .get(k)
                 .is_some_and(|st| st.siblings.iter().all(|s| seen.covers(&s.version.dot)));
             if covered {
-                if let Some(st) = self.keys.remove(k) {
-                    for s in &st.siblings {
-                        self.lone_tombstones.remove(&(s.lsn, *k));
-                        self.trim_candidates.insert(s.lsn);
-                    }
-                }
+                self.forget_key(k);
             }
             // Versions a retained entry staged again, which the tombstone
             // had superseded: nothing may apply them to the fresh key.
@@ -388,6 +379,25 @@ impl<S: Storage> Node<S> {
         }
         let staged = &self.staged;
         self.fetches.retain(|hash, _| staged.contains_key(hash));
+    }
+
+    /// What `track_lone` needs from before a change of `key`'s state
+    /// (nothing when the node does not purge: no lookup on the hot path).
+    pub(super) fn lone_before(&self, key: &Key) -> Option<Lsn> {
+        if !self.cfg.tombstone_purge {
+            return None;
+        }
+        self.keys.get(key).and_then(lone_tombstone)
+    }
+
+    /// Forgets a purged key's state; its entries may be trimmed now.
+    fn forget_key(&mut self, k: &Key) -> Option<KeyState> {
+        let st = self.keys.remove(k)?;
+        for s in &st.siblings {
+            self.lone_tombstones.remove(&(s.lsn, *k));
+            self.trim_candidates.insert(s.lsn);
+        }
+        Some(st)
     }
 
     /// Keeps `lone_tombstones` in step after `key`'s state changed; `before`
